@@ -1,0 +1,17 @@
+"""hf-negteacher: DPO against a BitNet-style low-bit copy of the model itself."""
+
+from .lowbit import PackedLinear, build_negative_teacher, memory_report
+from .models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, nf4_config
+from .teacher_config import TeacherConfig, TeacherConfigError
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PackedLinear",
+    "TeacherConfig",
+    "TeacherConfigError",
+    "build_negative_teacher",
+    "load_causal_lm",
+    "load_tokenizer",
+    "memory_report",
+    "nf4_config",
+]

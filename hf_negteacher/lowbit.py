@@ -1,0 +1,197 @@
+"""The negative teacher: a frozen, packed low-bit copy of a causal LM that shares everything else.
+
+`build_negative_teacher` returns a model of the same class as the source (so `generate` and
+`forward(labels=...)` work as usual) in which every `nn.Linear` of the chosen decoder blocks is a
+`PackedLinear`. Embeddings, norms, the LM head and the layers of blocks left unquantized are the
+source model's own tensors, not copies; LoRA adapters are stripped (the teacher is the base).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_module_weight
+from torch import nn
+
+from .packing import pack_codes, unpack_codes
+from .quantizers import dequantize, fake_quantize_activations, quantize
+from .teacher_config import TeacherConfig, TeacherConfigError
+
+logger = logging.getLogger(__name__)
+
+
+class PackedLinear(nn.Module):
+    """A frozen linear layer whose weight is stored as packed low-bit codes plus scales.
+
+    With `strength` < 1 it returns `strength·Q(W)x + (1 − strength)·base(x)`, `base` being the
+    source model's own layer (shared, not copied).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, config: TeacherConfig,
+                 base: nn.Module | None = None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.quantizer = config.quantizer
+        self.bits = config.bits
+        self.activation_bits = config.resolved_activation_bits
+        self.strength = float(config.strength)
+        quantized = quantize(weight, config)
+        self.offset = quantized.offset
+        self.register_buffer("packed", pack_codes(quantized.codes, self.bits))
+        self.register_buffer("scales", quantized.scales.to(torch.float16))
+        self.register_buffer("bias", bias, persistent=False)
+        self.base = base if self.strength < 1.0 else None
+        self.requires_grad_(False)
+
+    def codes(self) -> torch.Tensor:
+        return unpack_codes(self.packed, self.bits, (self.out_features, self.in_features))
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize(self.codes(), self.scales, self.offset, self.quantizer, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dequantized_weight(x.dtype)
+        x_in = fake_quantize_activations(x, self.activation_bits) if self.activation_bits else x
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        y = F.linear(x_in, weight, bias)
+        if self.base is not None:
+            y = self.strength * y + (1.0 - self.strength) * self.base(x).to(y.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"quantizer={self.quantizer}, scales={tuple(self.scales.shape)}, "
+                f"activation_bits={self.activation_bits}, strength={self.strength}")
+
+
+def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *,
+                           config: TeacherConfig | None = None, **options) -> nn.Module:
+    """Build the frozen low-bit teacher from a loaded causal LM (full precision, 4-bit, or PEFT).
+
+    Pass either a `TeacherConfig` or its fields (`quantizer`, `granularity`, `group_size`,
+    `blocks`, `strength`, `activation_bits`). The source model is left unchanged.
+    """
+    if config is None:
+        config = TeacherConfig(quantizer=quantizer, **options)
+    elif options:
+        raise TeacherConfigError(f"pass either config or options, not both (got {sorted(options)})")
+    base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    replacements = {}
+    for layer in _quantizable_linears(base_model, config):
+        base_layer = _without_adapter(layer)
+        weight = dequantize_module_weight(base_layer).detach()
+        bias = getattr(base_layer, "bias", None)
+        replacements[layer] = PackedLinear(
+            weight, None if bias is None else bias.detach(), config,
+            base=_share_frozen(base_layer, {}) if config.strength < 1.0 else None,
+        )
+    teacher = _share_frozen(base_model, replacements)
+    teacher.teacher_config = config
+    logger.info("negative teacher %s: %d packed linear layers, %.2f bits per weight",
+                config.to_spec(), len(replacements), memory_report(teacher)["bits_per_weight"])
+    return teacher
+
+
+def memory_report(teacher: nn.Module) -> dict[str, float]:
+    """Bytes by component: `packed_codes`, `scales` (the teacher's own), `shared` (tensors it
+    shares with its source model), `own_total`; `quantized_weights` and `bits_per_weight`."""
+    packed_layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
+    if not packed_layers:
+        raise TypeError("memory_report expects a teacher from build_negative_teacher (no PackedLinear found)")
+    own = {t.data_ptr() for m in packed_layers for t in (m.packed, m.scales)}
+    packed_bytes = sum(m.packed.nbytes for m in packed_layers)
+    scale_bytes = sum(m.scales.nbytes for m in packed_layers)
+    shared_bytes = sum(t.nbytes for t in _unique_tensors(teacher) if t.data_ptr() not in own)
+    weights = sum(m.in_features * m.out_features for m in packed_layers)
+    return {
+        "packed_codes": packed_bytes,
+        "scales": scale_bytes,
+        "own_total": packed_bytes + scale_bytes,
+        "shared": shared_bytes,
+        "quantized_weights": weights,
+        "quantized_layers": len(packed_layers),
+        "bits_per_weight": 8 * (packed_bytes + scale_bytes) / weights,
+    }
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of decoder blocks: the ModuleList with `config.num_hidden_layers` items."""
+    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return module
+    raise TeacherConfigError(
+        f"{type(model).__name__} has no decoder blocks to quantize: expected an nn.ModuleList of "
+        f"config.num_hidden_layers={num_layers} blocks (a transformers causal LM)"
+    )
+
+
+def _quantizable_linears(model: nn.Module, config: TeacherConfig) -> Iterator[nn.Module]:
+    blocks = decoder_blocks(model)
+    count = len(blocks)
+    indices = range(count) if config.blocks is None else config.blocks
+    bad = [i for i in indices if not -count <= i < count]
+    if bad:
+        raise TeacherConfigError(f"teacher blocks={config.blocks} has indices {bad} outside 0..{count - 1}")
+    found = 0
+    for index in sorted({i % count for i in indices}):
+        for name, module in blocks[index].named_modules():
+            if isinstance(module, BaseTunerLayer) or (
+                isinstance(module, nn.Linear) and not _inside_tuner_layer(blocks[index], name)
+            ):
+                found += 1
+                yield module
+    if not found:
+        raise TeacherConfigError(
+            f"{type(model).__name__} has no nn.Linear layers inside its decoder blocks to quantize "
+            "(allowed: torch.nn.Linear, bitsandbytes Linear4bit/Linear8bitLt, PEFT LoRA layers)"
+        )
+
+
+def _inside_tuner_layer(root: nn.Module, name: str) -> bool:
+    """True for the base layer and adapters *inside* a PEFT layer (handled through the layer)."""
+    parts = name.split(".")
+    module = root
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        if isinstance(module, BaseTunerLayer):
+            return True
+    return False
+
+
+def _without_adapter(layer: nn.Module) -> nn.Module:
+    return layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+
+
+def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module]) -> nn.Module:
+    """A view of `module` with `replacements` swapped in, adapters stripped and trainable
+    parameters exposed as frozen views of the same storage. Untouched subtrees are shared as is."""
+    if module in replacements:
+        return replacements[module]
+    if isinstance(module, BaseTunerLayer):
+        return _share_frozen(module.get_base_layer(), replacements)
+    children = {name: _share_frozen(child, replacements) if child is not None else None
+                for name, child in module._modules.items()}
+    trainable = {name for name, p in module._parameters.items() if p is not None and p.requires_grad}
+    if not trainable and all(children[n] is c for n, c in module._modules.items()):
+        return module
+    new = copy.copy(module)
+    new.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
+    new._modules = children
+    for name in trainable:
+        new._parameters[name] = nn.Parameter(module._parameters[name].detach(), requires_grad=False)
+    new.training = False
+    return new
+
+
+def _unique_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
+    seen: set[int] = set()
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            yield tensor

