@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +69,16 @@ class PackedLinear(nn.Module):
                 f"activation_bits={self.activation_bits}, strength={self.strength}")
 
 
-def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *,
-                           config: TeacherConfig | None = None, **options) -> nn.Module:
+def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, config: TeacherConfig | None = None,
+                           weights: Mapping[str, torch.Tensor] | None = None, **options) -> nn.Module:
     """Build the frozen low-bit teacher from a loaded causal LM (full precision, 4-bit, or PEFT).
 
     Pass either a `TeacherConfig` or its fields (`quantizer`, `granularity`, `group_size`,
-    `blocks`, `strength`, `activation_bits`). The source model is left unchanged.
+    `blocks`, `strength`, `activation_bits`). `weights` (e.g. `models.checkpoint_weights(source)`)
+    supplies the checkpoint's full-precision tensors by name; without it the layers' own weights are
+    used, dequantized when 4-bit. Quantizing an NF4-dequantized weight again compounds both errors:
+    on SmolLM2-135M int3 of the NF4 weights is noise (ppl 10^7) where int3 of the checkpoint's
+    weights is not (ppl 600), so pass `weights` for a 4-bit policy. The source model is left unchanged.
     """
     if config is None:
         config = TeacherConfig(quantizer=quantizer, **options)
@@ -82,9 +86,9 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *,
         raise TeacherConfigError(f"pass either config or options, not both (got {sorted(options)})")
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
     replacements = {}
-    for layer in _quantizable_linears(base_model, config):
+    for name, layer in _quantizable_linears(base_model, config):
         base_layer = _without_adapter(layer)
-        weight = dequantize_module_weight(base_layer).detach()
+        weight = _source_weight(name, base_layer, weights)
         bias = getattr(base_layer, "bias", None)
         replacements[layer] = PackedLinear(
             weight, None if bias is None else bias.detach(), config,
@@ -131,8 +135,10 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def _quantizable_linears(model: nn.Module, config: TeacherConfig) -> Iterator[nn.Module]:
+def _quantizable_linears(model: nn.Module, config: TeacherConfig) -> Iterator[tuple[str, nn.Module]]:
+    """(qualified name, layer) of every Linear or PEFT layer in the selected decoder blocks."""
     blocks = decoder_blocks(model)
+    prefix = next(name for name, module in model.named_modules() if module is blocks)
     count = len(blocks)
     indices = range(count) if config.blocks is None else config.blocks
     bad = [i for i in indices if not -count <= i < count]
@@ -145,7 +151,7 @@ def _quantizable_linears(model: nn.Module, config: TeacherConfig) -> Iterator[nn
                 isinstance(module, nn.Linear) and not _inside_tuner_layer(blocks[index], name)
             ):
                 found += 1
-                yield module
+                yield f"{prefix}.{index}.{name}", module
     if not found:
         raise TeacherConfigError(
             f"{type(model).__name__} has no nn.Linear layers inside its decoder blocks to quantize "
@@ -162,6 +168,35 @@ def _inside_tuner_layer(root: nn.Module, name: str) -> bool:
         if isinstance(module, BaseTunerLayer):
             return True
     return False
+
+
+def _source_weight(name: str, layer: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+    expected = (layer.out_features, layer.in_features)
+    if weights is not None:
+        key = f"{name}.weight"
+        if key not in weights:
+            raise KeyError(f"checkpoint weights have no tensor {key!r} for layer {name}")
+        weight = weights[key]
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"checkpoint tensor {key!r} has shape {tuple(weight.shape)}, the layer {expected}")
+        return weight
+    return _dequantized_weight(layer).detach()
+
+
+def _dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """PEFT's `dequantize_module_weight`, plus bitsandbytes' CPU inference layout.
+
+    After an eval-mode, no-grad forward on a CPU with AVX512-BF16, `Linear4bit` repacks its weight
+    for its CPU kernel (`packing_format_for_cpu`); PEFT's helper then returns garbage (bnb 0.50,
+    peft 0.21). Undo the repacking on a copy of the quant state, leaving the layer as it is.
+    """
+    quant_state = getattr(getattr(layer, "weight", None), "quant_state", None)
+    if getattr(quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse, dequantize_4bit
+
+        qweight, state = _convert_weight_packed_for_cpu_inverse(layer.weight.data, copy.deepcopy(quant_state))
+        return dequantize_4bit(qweight, state)
+    return dequantize_module_weight(layer)
 
 
 def _without_adapter(layer: nn.Module) -> nn.Module:

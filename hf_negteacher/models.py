@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -131,3 +133,45 @@ def load_causal_lm(source: str, *, quantization: BitsAndBytesConfig | None = Non
     model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
     model.config.use_cache = True
     return model
+
+
+class CheckpointWeights(Mapping[str, torch.Tensor]):
+    """The full-precision tensors of a safetensors checkpoint, read one at a time on access."""
+
+    def __init__(self, directory: str | Path) -> None:
+        from safetensors import safe_open
+
+        self._safe_open = safe_open
+        directory = Path(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self._files = {name: directory / file for name, file in weight_map.items()}
+        elif (directory / "model.safetensors").is_file():
+            with safe_open(directory / "model.safetensors", framework="pt") as handle:
+                self._files = dict.fromkeys(handle.keys(), directory / "model.safetensors")
+        else:
+            raise ModelSourceError(f"{directory} holds no model.safetensors(.index.json)")
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with self._safe_open(self._files[name], framework="pt") as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def checkpoint_weights(source: str) -> CheckpointWeights:
+    """The checkpoint's own tensors, for `build_negative_teacher(..., weights=...)`."""
+    resolved = Path(resolve_source(source))
+    if not resolved.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            resolved = Path(snapshot_download(str(resolved), allow_patterns=["*.safetensors", "*.json"]))
+        except Exception as error:  # noqa: BLE001  (any hub failure: offline, gated, missing)
+            raise ModelSourceError(f"model source {source!r}: cannot fetch its safetensors ({error})") from error
+    return CheckpointWeights(resolved)

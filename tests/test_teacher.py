@@ -134,6 +134,16 @@ def test_teacher_from_a_4bit_model_shares_the_unquantized_4bit_blocks(tiny_llama
     report = memory_report(teacher)
     assert report["quantized_layers"] == 7
     assert torch.isfinite(teacher(input_ids=IDS, labels=IDS).loss)
+    # bitsandbytes repacks 4-bit weights for its CPU kernel at the first eval-mode forward: a
+    # teacher built after that must quantize the same weights as one built before.
+    with torch.no_grad():
+        policy(input_ids=IDS)
+    again = build_negative_teacher(policy, "int4", group_size=32, blocks=[0])
+    for ours, theirs in zip(teacher.modules(), again.modules(), strict=True):
+        if isinstance(ours, PackedLinear):
+            assert torch.equal(ours.codes(), theirs.codes())
+            torch.testing.assert_close(ours.scales, theirs.scales, rtol=0.02, atol=0)  # bnb's inverse re-quantizes
+
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -144,6 +154,18 @@ def test_teacher_from_a_4bit_model_shares_the_unquantized_4bit_blocks(tiny_llama
 def test_bad_settings_raise_before_building(tiny_llama, kwargs, message):
     with pytest.raises(TeacherConfigError, match=message):
         build_negative_teacher(tiny_llama, **kwargs)
+
+
+def test_checkpoint_weights_are_quantized_instead_of_the_layers_own(tiny_llama):
+    names = {n: m.weight for n, m in tiny_llama.named_modules() if isinstance(m, torch.nn.Linear)}
+    doubled = {f"{n}.weight": 2 * w.detach() for n, w in names.items()}
+    teacher = build_negative_teacher(tiny_llama, "int4", group_size=32, weights=doubled)
+    plain = build_negative_teacher(tiny_llama, "int4", group_size=32)
+    ours, theirs = teacher.model.layers[2].mlp.up_proj, plain.model.layers[2].mlp.up_proj
+    assert torch.equal(ours.codes(), theirs.codes())
+    torch.testing.assert_close(ours.scales.float(), 2 * theirs.scales.float(), rtol=1e-3, atol=0)
+    with pytest.raises(KeyError, match=r"no tensor 'model.layers.0.self_attn.q_proj.weight'"):
+        build_negative_teacher(tiny_llama, "int4", group_size=32, weights={})
 
 
 def test_model_without_linear_layers_is_rejected():

