@@ -1,11 +1,15 @@
 """hf-negteacher: DPO against a BitNet-style low-bit copy of the model itself."""
 
+from .config import NegativeTeacherConfig
 from .lowbit import PackedLinear, build_negative_teacher, memory_report
 from .models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, nf4_config
 from .teacher_config import TeacherConfig, TeacherConfigError
+from .trainer import NegativeTeacherTrainer
 
 __all__ = [
     "DEFAULT_MODEL",
+    "NegativeTeacherConfig",
+    "NegativeTeacherTrainer",
     "PackedLinear",
     "TeacherConfig",
     "TeacherConfigError",

@@ -96,3 +96,32 @@ def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
     if not answer.strip():
         raise DataFormatError(f"a row has an empty reference answer (prompt: {prompt_text[:60]!r})")
     return PromptAnswer(prompt_text, answer)
+
+
+def preference_row(row: dict) -> dict:
+    """A row in TRL's preference format: `prompt`, `chosen` (text, or chat messages), and the
+    dataset's own `rejected` when it has one."""
+    prompt, chosen = split_conversation(row)
+    result = {"prompt": prompt, "chosen": chosen}
+    if "rejected" in row:
+        result["rejected"] = row["rejected"]
+    return result
+
+
+def validate_rows(rows: list[dict], tokenizer, max_length: int | None = None) -> list[PromptAnswer]:
+    """Check every row before any model is loaded; errors name the row and what is wrong."""
+    if not rows:
+        raise DataFormatError("the dataset has no rows")
+    pairs = []
+    for index, row in enumerate(rows):
+        try:
+            pair = to_prompt_answer(row, tokenizer)
+        except DataFormatError as error:
+            raise DataFormatError(f"row {index}: {error}") from None
+        if max_length is not None:
+            prompt_tokens = len(tokenizer(pair.prompt, add_special_tokens=False).input_ids)
+            if prompt_tokens >= max_length:
+                raise DataFormatError(f"row {index}: the prompt has {prompt_tokens} tokens, not fewer than "
+                                      f"max_length={max_length}; shorten it or raise max_length")
+        pairs.append(pair)
+    return pairs

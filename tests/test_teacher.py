@@ -107,6 +107,17 @@ def test_memory_report_counts_packed_bits(tiny_llama):
     assert ternary["own_total"] == ternary["packed_codes"] + ternary["scales"]
 
 
+def test_wrapping_the_policy_later_does_not_reach_the_teacher(tiny_llama):
+    teacher = build_negative_teacher(tiny_llama, "int4", group_size=32, blocks=[0])
+    before = loss(teacher, IDS)
+    tiny_llama.forward = lambda *a, **k: None  # as TRL's fused LM head patches the instance
+    peft_model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    assert "lora" not in " ".join(n for n, _ in teacher.named_modules())
+    assert loss(teacher, IDS) == before
+    rebuilt = build_negative_teacher(peft_model, "int4", group_size=32, blocks=[0])  # after both wrappings
+    assert loss(rebuilt, IDS) == pytest.approx(before)
+
+
 def test_teacher_of_a_peft_model_is_the_base_without_adapter(tiny_llama):
     peft_model = get_peft_model(tiny_llama, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
     teacher = build_negative_teacher(peft_model, "int4", group_size=32, strength=0.5)
@@ -129,7 +140,7 @@ def test_teacher_from_a_4bit_model_shares_the_unquantized_4bit_blocks(tiny_llama
     policy = load_causal_lm(str(tmp_path), quantization=nf4_config(), device_map="cpu")
     policy.requires_grad_(False)  # as under PEFT: the 4-bit base is frozen, so it is shared as is
     teacher = build_negative_teacher(policy, "int4", group_size=32, blocks=[0])
-    assert teacher.model.layers[1] is policy.model.layers[1]
+    assert teacher.model.layers[1].mlp.up_proj is policy.model.layers[1].mlp.up_proj
     assert type(policy.model.layers[1].mlp.up_proj).__name__ == "Linear4bit"
     report = memory_report(teacher)
     assert report["quantized_layers"] == 7

@@ -1,0 +1,222 @@
+"""`NegativeTeacherTrainer`: TRL's DPO with the rejected side written by a low-bit copy of the model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from torch import nn
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+from .config import NegativeTeacherConfig
+from .formats import load_jsonl, preference_row, validate_rows
+from .lowbit import build_negative_teacher
+from .negatives import NegativeFilter, generate_negative_ids
+from .offline import generate_preference_dataset
+from .scoring import completion_logprobs, perplexity
+
+logger = logging.getLogger(__name__)
+
+
+class _KeepExamples:
+    """Online mode: hand the tokenized examples to `_prepare_inputs`, which adds the negatives."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {"negteacher_examples": examples}
+
+
+class NegativeTeacherTrainer(DPOTrainer):
+    """DPO where *chosen* is the dataset's reference answer and *rejected* is written by the negative
+    teacher: a frozen, packed low-bit copy of the same checkpoint (`build_negative_teacher`).
+
+    Args:
+        model: the causal LM to train, typically loaded in 4-bit (pass `peft_config` for QLoRA: the
+            reference is then the same model with the adapter disabled, TRL's way).
+        args: a `NegativeTeacherConfig`.
+        train_dataset / eval_dataset: SFT-style rows (`messages`; `prompt` + `completion`;
+            `prompt` + `chosen`), as a `datasets.Dataset` or a list of dicts. In offline mode a
+            dataset that already has teacher negatives (from `negteacher generate`) is used as is.
+        teacher: a prebuilt teacher; default: built from `model` with the config's `teacher_*` fields.
+        teacher_weights: the checkpoint's full-precision tensors by name (`models.checkpoint_weights`),
+            quantized instead of the 4-bit policy's dequantized weights.
+    """
+
+    def __init__(self, model: nn.Module, args: NegativeTeacherConfig, train_dataset, eval_dataset=None,
+                 processing_class=None, *, teacher: nn.Module | None = None,
+                 teacher_weights: Mapping[str, torch.Tensor] | None = None, **kwargs) -> None:
+        if not isinstance(args, NegativeTeacherConfig):
+            raise TypeError(f"args must be a NegativeTeacherConfig, got {type(args).__name__}")
+        if processing_class is None:
+            raise ValueError("processing_class (the tokenizer) is required")
+        tokenizer = processing_class
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        train_rows = _as_rows(train_dataset, "train_dataset")
+        eval_rows = None if eval_dataset is None else _as_rows(eval_dataset, "eval_dataset")
+        pretokenized = _is_generated(train_rows)
+        if not pretokenized:
+            validate_rows(train_rows, tokenizer, args.max_length)
+            if eval_rows is not None:
+                validate_rows(eval_rows, tokenizer, args.max_length)
+        self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights)
+        self.negative_filter = NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates)
+        self.negatives_meta: dict | None = None
+        if args.negatives_mode == "offline":
+            if not pretokenized:
+                train_rows = self._offline_rows(train_rows, tokenizer, args, "train")
+            if eval_rows is not None and not _is_generated(eval_rows):
+                eval_rows = self._offline_rows(eval_rows, tokenizer, args, "eval")
+        else:
+            # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
+            # tokenization, to exactly the end-of-answer tokens that follow a generated one.
+            train_rows = [_placeholder_row(r) for r in train_rows]
+            eval_rows = None if eval_rows is None else [_placeholder_row(r) for r in eval_rows]
+            kwargs.setdefault("data_collator", _KeepExamples())
+        super().__init__(
+            model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=None if eval_rows is None else Dataset.from_list(eval_rows),
+            processing_class=processing_class, **kwargs,
+        )
+        self.teacher.to(self.accelerator.device)
+        self._preference_collator = DataCollatorForPreference(
+            pad_token_id=self._tokenizer.pad_token_id, max_length=args.max_length,
+            truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+        # example key -> (step generated, negatives kept by the filters, all generated negatives)
+        self._negative_cache: dict[str, tuple[int, list[list[int]], list[list[int]]]] = {}
+        self._generation_seconds = 0.0
+        self._generation_step, self._calls_this_step = -1, 0
+        self.generation_calls = 0
+
+    def _offline_rows(self, rows: list[dict], tokenizer, args: NegativeTeacherConfig, split: str) -> list[dict]:
+        path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
+        if split != "train":
+            path = path.with_name(f"{path.stem}.{split}{path.suffix}")
+        pairs = validate_rows(rows, tokenizer)
+        meta = generate_preference_dataset(
+            self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
+            teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
+            negative_filter=self.negative_filter, keep_dataset_rejected=args.keep_dataset_rejected,
+        )
+        if split == "train":
+            self.negatives_meta = meta
+        generated = load_jsonl(path)
+        if not generated:
+            raise RuntimeError(f"every teacher negative was filtered out ({meta['counts']}); see {path}")
+        return generated
+
+    # Online negatives ---------------------------------------------------------------------------
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._generation_seconds = 0.0
+        start = time.perf_counter()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.negatives_mode == "online":
+            total = time.perf_counter() - start
+            self._metrics["train"]["negatives/generation_time_share"].append(self._generation_seconds / total)
+        return loss
+
+    def _prepare_inputs(self, inputs):
+        if isinstance(inputs, dict) and "negteacher_examples" in inputs:
+            inputs = self._preference_collator(self._with_negatives(inputs["negteacher_examples"]))
+        return super()._prepare_inputs(inputs)
+
+    def _with_negatives(self, examples: list[dict]) -> list[dict]:
+        """Examples with teacher negatives as `rejected_ids`: cached ones younger than
+        `refresh_every` steps are reused, the others generated in one batched call."""
+        args: NegativeTeacherConfig = self.args
+        step = self.state.global_step
+        keys = [_example_key(e) for e in examples]
+        stale = [i for i, key in enumerate(keys)
+                 if key not in self._negative_cache or step - self._negative_cache[key][0] >= args.refresh_every]
+        if stale:
+            self._generate_for([examples[i] for i in stale], [keys[i] for i in stale])
+        mode = "train" if self.model.training else "eval"
+        out, lengths = [], []
+        for example, key in zip(examples, keys, strict=True):
+            suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
+            for negative in self._negative_cache[key][1]:
+                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": example["chosen_ids"],
+                            "rejected_ids": negative + suffix})
+                lengths.append(len(negative))
+        if not out:  # every negative of the batch was filtered: keep the batch rather than crash the run
+            logger.warning("every teacher negative in this batch was filtered; training on unfiltered ones")
+            for example, key in zip(examples, keys, strict=True):
+                raw = self._negative_cache[key][2]
+                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": example["chosen_ids"],
+                            "rejected_ids": raw[0] + example["rejected_ids"]})
+                lengths.append(len(raw[0]))
+        self._metrics[mode]["negatives/mean_length"].append(sum(lengths) / len(lengths))
+        self._metrics[mode]["negatives/pairs_per_prompt"].append(len(out) / len(examples))
+        self._metrics[mode]["negatives/filtered_fraction"].append(self.negative_filter.filtered_fraction)
+        return out
+
+    @torch.no_grad()
+    def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
+        args: NegativeTeacherConfig = self.args
+        start = time.perf_counter()
+        settings = args.generation_settings()
+        # A function of (process, step, call within the step) only, so a resumed run samples as the original did.
+        if self._generation_step != self.state.global_step:
+            self._generation_step, self._calls_this_step = self.state.global_step, 0
+        seed = (settings.seed + 1_000_003 * self.accelerator.process_index + 7919 * self.state.global_step
+                + 104_729 * self._calls_this_step)
+        self._calls_this_step += 1
+        self.generation_calls += 1
+        stop_ids = _stop_token_ids(self._tokenizer, self.teacher)
+        prompts = [e["prompt_ids"] for e in examples]
+        generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
+                                          pad_token_id=self._tokenizer.pad_token_id, stop_token_ids=stop_ids,
+                                          num_return_sequences=args.num_negatives)
+        for example, key, candidates in zip(examples, keys, generated, strict=True):
+            reference = _cut_suffix(example["chosen_ids"], example["rejected_ids"])
+            kept = self.negative_filter.apply(candidates, reference)
+            self._negative_cache[key] = (self.state.global_step, kept, candidates)
+        references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=self._tokenizer.pad_token_id,
+                                     batch_size=settings.batch_size)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["teacher/reference_ppl"].append(perplexity(scores))
+        self._generation_seconds += time.perf_counter() - start
+
+
+def _as_rows(dataset, name: str) -> list[dict]:
+    if isinstance(dataset, Dataset):
+        return dataset.to_list()
+    if isinstance(dataset, list) and all(isinstance(r, dict) for r in dataset):
+        return dataset
+    raise TypeError(f"{name} must be a datasets.Dataset or a list of dicts, got {type(dataset).__name__}")
+
+
+def _is_generated(rows: list[dict]) -> bool:
+    """Rows written by `negteacher generate` (they carry their teacher metadata)."""
+    return bool(rows) and "negteacher" in rows[0] and "rejected" in rows[0]
+
+
+def _placeholder_row(row: dict) -> dict:
+    base = preference_row(row)
+    base.pop("rejected", None)
+    empty = [{"role": "assistant", "content": ""}] if isinstance(base["chosen"], list) else ""
+    return {**base, "rejected": empty}
+
+
+def _example_key(example: dict) -> str:
+    return hashlib.sha1(repr((example["prompt_ids"], example["chosen_ids"])).encode()).hexdigest()
+
+
+def _cut_suffix(ids: list[int], suffix: list[int]) -> list[int]:
+    return ids[: len(ids) - len(suffix)] if suffix and ids[-len(suffix):] == suffix else list(ids)
+
+
+def _stop_token_ids(tokenizer, model) -> list[int]:
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None and not (isinstance(i, float) and math.isnan(i)))

@@ -1,0 +1,176 @@
+"""NegativeTeacherTrainer on a tiny Llama with SmolLM2's tokenizer: modes, refresh, resume, errors."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import TrainerCallback
+
+from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, build_negative_teacher
+from hf_negteacher.formats import DataFormatError, load_rows, validate_rows
+from hf_negteacher.negatives import GenerationSettings, generate_answers
+from hf_negteacher.offline import generate_preference_dataset
+
+ROWS = load_rows("bundled:train")[:8]
+
+
+def config(tmp_path, **overrides) -> NegativeTeacherConfig:
+    values = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=2, per_device_train_batch_size=4,
+                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6, teacher_blocks=None,
+                  teacher_group_size=32, report_to=[], logging_steps=1, save_strategy="no", seed=0)
+    return NegativeTeacherConfig(**{**values, **overrides})
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+
+def adapter_state(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+
+
+def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_chat_model, smol_tokenizer, tmp_path):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path), ROWS, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    packed_before = {n: b.clone() for n, b in trainer.teacher.named_buffers()}
+    initial = adapter_state(trainer)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
+    for key in ("negatives/mean_length", "negatives/filtered_fraction", "teacher/reference_ppl",
+                "negatives/generation_time_share", "rewards/margins", "rewards/accuracies"):
+        assert key in logs[0], key
+    assert 0 < logs[0]["negatives/generation_time_share"] < 1
+    assert logs[0]["teacher/reference_ppl"] > 1
+    after = adapter_state(trainer)
+    assert any(not torch.equal(initial[k], after[k]) for k in initial)
+    assert all(torch.equal(packed_before[n], b) for n, b in trainer.teacher.named_buffers())
+    assert trainer.generation_calls == 2
+    cached = [entry[1] for entry in trainer._negative_cache.values()]
+    assert len(cached) == 8 and all(len(n) == 1 and 0 < len(n[0]) <= 6 for n in cached)
+
+
+def test_refresh_every_reuses_cached_negatives(tiny_chat_model, smol_tokenizer, tmp_path):
+    # 8 rows, batch 4: steps 0-1 see every prompt once, steps 2-3 see them again.
+    fresh = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / "a", max_steps=4, refresh_every=1),
+                                   ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    fresh.train()
+    reuse = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path / "b", max_steps=4, refresh_every=10), ROWS,
+                                   processing_class=smol_tokenizer, peft_config=lora())
+    reuse.train()
+    assert fresh.generation_calls == 4 and reuse.generation_calls == 2
+
+
+def test_num_negatives_gives_several_pairs_per_prompt(tiny_chat_model, smol_tokenizer, tmp_path):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, max_steps=1, num_negatives=3,
+                                                             negatives_temperature=1.5),
+                                     ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    trainer.train()
+    log = trainer.state.log_history[0]
+    kept = sum(len(entry[1]) for entry in trainer._negative_cache.values())
+    assert log["negatives/pairs_per_prompt"] == pytest.approx(kept / 4) and kept > 4
+
+
+def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_chat_model, smol_tokenizer, tmp_path,
+                                                                         monkeypatch):
+    teacher = build_negative_teacher(tiny_chat_model, "int3", group_size=32)
+    pairs = validate_rows(ROWS, smol_tokenizer)
+    settings = GenerationSettings(max_new_tokens=6, batch_size=3, seed=5)
+    kwargs = dict(settings=settings, teacher_spec="int3,group_size=32")
+    meta = generate_preference_dataset(teacher, smol_tokenizer, ROWS, pairs, tmp_path / "a.jsonl", **kwargs)
+    full = (tmp_path / "a.jsonl").read_bytes()
+    rows = [json.loads(line) for line in full.splitlines()]
+    assert meta["rows_written"] == len(rows) == 8 - meta["counts"].get("filtered_empty", 0)
+    assert rows[0]["negteacher"]["teacher"] == "int3,group_size=32" and rows[0]["negteacher"]["seed"] == 5
+    direct = generate_answers(teacher, smol_tokenizer, [p.prompt for p in pairs[:3]], settings)
+    assert [r["rejected"][0]["content"] for r in rows if r["negteacher"]["row"] < 3] == [d for d in direct if d]
+    assert all(r["chosen"][0]["content"] == ROWS[r["negteacher"]["row"]]["messages"][-1]["content"] for r in rows)
+
+    import hf_negteacher.offline as offline
+
+    calls = {"n": 0}
+    real = offline.generate_answers
+
+    def dies_on_third_batch(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(offline, "generate_answers", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        generate_preference_dataset(teacher, smol_tokenizer, ROWS, pairs, tmp_path / "b.jsonl", **kwargs)
+    assert not (tmp_path / "b.jsonl").exists() and (tmp_path / "b.jsonl.partial").exists()
+    with open(tmp_path / "b.jsonl.partial", "ab") as handle:
+        handle.write(b'{"half a line')  # what a kill in the middle of a write leaves
+    monkeypatch.setattr(offline, "generate_answers", real)
+    generate_preference_dataset(teacher, smol_tokenizer, ROWS, pairs, tmp_path / "b.jsonl", **kwargs)
+    assert (tmp_path / "b.jsonl").read_bytes() == full
+    assert not (tmp_path / "b.jsonl.partial").exists()
+
+
+def test_offline_training_consumes_the_generated_dataset(tiny_chat_model, smol_tokenizer, tmp_path):
+    args = config(tmp_path, negatives_mode="offline", max_steps=1)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    assert (tmp_path / "negatives.jsonl").is_file() and trainer.negatives_meta["source_rows"] == 8
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+
+
+def test_keep_dataset_rejected_adds_the_datasets_pair(tiny_chat_model, smol_tokenizer, tmp_path):
+    rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:],
+             "rejected": [{"role": "assistant", "content": "I do not know."}]} for r in ROWS[:4]]
+    args = config(tmp_path, negatives_mode="offline", keep_dataset_rejected=True)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, rows, processing_class=smol_tokenizer, peft_config=lora())
+    sources = [r["negteacher"]["source"] for r in trainer.train_dataset]
+    assert sources.count("dataset") == 4 and sources.count("teacher") >= 1
+
+
+class StopAfter(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
+
+
+def test_resume_from_checkpoint_finishes_like_an_uninterrupted_run(tiny_chat_model, smol_tokenizer, tmp_path):
+    model_b = copy.deepcopy(tiny_chat_model)
+    whole = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path / "whole", max_steps=4, save_strategy="steps",
+                                                           save_steps=2), ROWS, processing_class=smol_tokenizer,
+                                   peft_config=lora())
+    whole.train()
+    interrupted_dir = tmp_path / "resumed"
+    first = NegativeTeacherTrainer(copy.deepcopy(model_b), config(interrupted_dir, max_steps=4, save_strategy="steps",
+                                                                  save_steps=2), ROWS,
+                                   processing_class=smol_tokenizer, peft_config=lora())
+    first.add_callback(StopAfter(2))  # "killed" right after the checkpoint at step 2
+    first.train()
+    assert first.state.global_step == 2
+    assert (interrupted_dir / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    resumed = NegativeTeacherTrainer(model_b, config(interrupted_dir, max_steps=4, save_strategy="steps", save_steps=2),
+                                     ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    resumed.train(resume_from_checkpoint=str(interrupted_dir / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    a, b = adapter_state(whole), adapter_state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"negatives_mode": "sometimes"}, r"negatives_mode='sometimes'; allowed: online, offline"),
+    ({"num_negatives": 0}, r"num_negatives=0 must be >= 1"),
+    ({"teacher_quantizer": "int9"}, r"quantizer='int9' is unknown; allowed: ternary, binary, int2, int3, int4"),
+    ({"precompute_ref_log_probs": True}, r"precompute_ref_log_probs=True needs fixed pairs"),
+])
+def test_bad_config_is_rejected(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config(tmp_path, **overrides)
+
+
+def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_path):
+    with pytest.raises(DataFormatError, match=r"row 1: .*fits no accepted format"):
+        NegativeTeacherTrainer(None, config(tmp_path), [ROWS[0], {"text": "x"}], processing_class=smol_tokenizer)
