@@ -47,3 +47,15 @@ class CalibrateArguments:
     batch_size: int = field(default=16, metadata={"help": "Rows per forward / generate batch."})
     output_dir: str = field(default="runs/calibrate", metadata={
         "help": "Where calibration.{json,md,png} are written."})
+
+
+@dataclass
+class DataArguments:
+    """Where the SFT-style rows come from."""
+
+    dataset: str = field(default="bundled:train", metadata={
+        "help": "Training rows: bundled:train, a .jsonl/.json file, or a directory saved with datasets.save_to_disk."})
+    eval_dataset: str | None = field(default="bundled:eval", metadata={
+        "help": "Held-out rows for the evaluation table (same forms); none to skip."})
+    num_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    num_eval_rows: int | None = field(default=200, metadata={"help": "Use only the first N held-out rows."})

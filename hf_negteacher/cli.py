@@ -1,32 +1,136 @@
-"""`negteacher` command line: `negteacher calibrate [--config recipe.yaml] [--field value ...]`."""
+"""`negteacher train|generate|calibrate|push RECIPE.yaml [--field value ...]`."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
-from trl import TrlParser
-from trl.trainer.utils import get_quantization_config
+from .arguments import CalibrateArguments, DataArguments, NegTeacherModelConfig
+from .config import NegativeTeacherConfig
+from .recipe import RecipeError, parse
 
-from .arguments import CalibrateArguments, NegTeacherModelConfig
+logger = logging.getLogger("hf_negteacher")
 
-COMMANDS = ("calibrate",)
+USAGE = """usage: negteacher COMMAND [RECIPE.yaml] [--field value ...]
+
+commands:
+  train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
+  generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
+  calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
+  push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
+
+`negteacher COMMAND --help` lists every field with its default."""
+
+
+def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int | None):
+    from .formats import load_rows, validate_rows
+
+    rows = load_rows(source)[:limit] if limit else load_rows(source)
+    return rows, validate_rows(rows, tokenizer, max_length)
+
+
+def _load_policy(model_args: NegTeacherModelConfig):
+    from accelerate import PartialState
+    from trl.trainer.utils import get_quantization_config
+
+    from .models import load_causal_lm
+
+    quantization = get_quantization_config(model_args)
+    # One process, one device: 4-bit weights must be loaded onto each process's own device.
+    device_map = {"": PartialState().local_process_index} if quantization is not None else None
+    if quantization is not None and not _has_accelerator():
+        device_map = "cpu"
+    return load_causal_lm(model_args.model_name_or_path, quantization=quantization, dtype=model_args.dtype,
+                          device_map=device_map)
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _prepare(argv: list[str], prog: str):
+    from .models import load_tokenizer
+
+    model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length)
+    held_out = None
+    if data_args.eval_dataset:
+        held_out = _rows_and_pairs(data_args.eval_dataset, data_args.num_eval_rows, tokenizer, args.max_length)
+    return model_args, data_args, args, tokenizer, train, held_out
+
+
+def train_command(argv: list[str]) -> None:
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl.trainer.utils import get_peft_config
+
+    from .evaluation import adapter_perplexity_table, to_eval_results, to_markdown, write_table
+    from .models import checkpoint_weights, hub_id
+    from .trainer import NegativeTeacherTrainer
+
+    model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
+    if model_args.load_in_4bit and not model_args.use_peft:
+        raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
+    model = _load_policy(model_args)
+    trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer,
+                                     peft_config=get_peft_config(model_args),
+                                     teacher_weights=checkpoint_weights(model_args.model_name_or_path))
+    trainer.base_model_id = hub_id(model_args.model_name_or_path)
+    trainer.dataset_name = data_args.dataset
+    resume = args.resume_from_checkpoint
+    if resume is None and Path(args.output_dir).is_dir():
+        resume = get_last_checkpoint(args.output_dir)  # an interrupted run continues
+        if resume:
+            logger.info("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    if held_out is not None:
+        table = adapter_perplexity_table(trainer.accelerator.unwrap_model(trainer.model), tokenizer, held_out[1],
+                                         teacher=trainer.teacher, batch_size=args.per_device_eval_batch_size)
+        if trainer.is_world_process_zero():
+            write_table(table, data_args.eval_dataset, args.output_dir)
+            print(to_markdown(table, data_args.eval_dataset))
+        trainer.eval_results = to_eval_results(table, data_args.eval_dataset)
+    trainer.save_model(args.output_dir)
+    trainer.create_model_card()
+    if trainer.is_world_process_zero():
+        print(f"\nadapter, model card and evaluation table in {args.output_dir}")
+
+
+def generate_command(argv: list[str]) -> None:
+    from .lowbit import build_negative_teacher
+    from .models import checkpoint_weights
+    from .negatives import NegativeFilter
+    from .offline import generate_preference_dataset
+
+    model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
+    teacher = build_negative_teacher(_load_policy(model_args), config=args.teacher_config(),
+                                     weights=checkpoint_weights(model_args.model_name_or_path))
+    path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
+    meta = generate_preference_dataset(
+        teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
+        teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
+        negative_filter=NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates),
+        keep_dataset_rejected=args.keep_dataset_rejected,
+    )
+    print(f"{path}: {meta['rows_written']} pairs from {meta['source_rows']} rows; filtered {meta['counts']}")
 
 
 def calibrate_command(argv: list[str]) -> None:
+    from trl.trainer.utils import get_quantization_config
+
     from .calibrate import calibrate
-    from .formats import load_rows, to_prompt_answer
+    from .formats import load_rows, validate_rows
     from .models import checkpoint_weights, load_causal_lm, load_tokenizer
     from .negatives import GenerationSettings
     from .teacher_config import TeacherConfig
 
-    parser = TrlParser((NegTeacherModelConfig, CalibrateArguments), prog="negteacher calibrate")
-    model_args, args = parser.parse_args_and_config(argv)
-    # Everything that can be wrong with the input is checked before the model is loaded.
+    model_args, args = parse((NegTeacherModelConfig, CalibrateArguments), argv, "negteacher calibrate")
     grid = [TeacherConfig.from_spec(spec) for spec in args.grid]
-    rows = load_rows(args.dataset)[: args.num_rows]
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    pairs = [to_prompt_answer(row, tokenizer) for row in rows]
+    pairs = validate_rows(load_rows(args.dataset)[: args.num_rows], tokenizer)
     model = load_causal_lm(model_args.model_name_or_path, quantization=get_quantization_config(model_args),
                            dtype=model_args.dtype)
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -39,14 +143,46 @@ def calibrate_command(argv: list[str]) -> None:
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def push_command(argv: list[str]) -> None:
+    from huggingface_hub import HfApi
+
+    _, _, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, "negteacher push")
+    folder = Path(args.output_dir)
+    missing = [name for name in ("adapter_model.safetensors", "adapter_config.json", "README.md")
+               if not (folder / name).is_file()]
+    if missing:
+        raise RecipeError(f"{folder} is not a trained output_dir: missing {', '.join(missing)} (run negteacher train)")
+    if not args.hub_model_id:
+        raise RecipeError("push needs hub_model_id (e.g. --hub_model_id you/smollm2-negteacher)")
+    api = HfApi(token=args.hub_token)
+    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+    commit = api.upload_folder(repo_id=args.hub_model_id, folder_path=folder,
+                               allow_patterns=["adapter_model.safetensors", "adapter_config.json", "README.md",
+                                               "eval.md", "eval.json", "tokenizer*", "chat_template.jinja"],
+                               commit_message="Upload negteacher adapter")
+    print(f"pushed {folder} to {commit.commit_url if hasattr(commit, 'commit_url') else commit}")
+
+
+COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
+            "push": push_command}
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: negteacher {{{','.join(COMMANDS)}}} [--config recipe.yaml] [--field value ...] | -h",
-              file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        print(f"negteacher: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    {"calibrate": calibrate_command}[argv[0]](argv[1:])
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (RecipeError, ValueError, FileNotFoundError) as error:
+        if isinstance(error, RecipeError) or type(error).__module__.startswith("hf_negteacher"):
+            print(f"negteacher {argv[0]}: {error}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

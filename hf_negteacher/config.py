@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from trl import DPOConfig
 
 from .negatives import GenerationSettings
@@ -12,12 +13,17 @@ from .teacher_config import TeacherConfig
 NEGATIVES_MODES = ("online", "offline")
 
 
+class ConfigError(ValueError):
+    """A NegativeTeacherConfig field is invalid; the message names it."""
+
+
 @dataclass
 class NegativeTeacherConfig(DPOConfig):
     """Every `trl.DPOConfig` option, plus how the low-bit teacher is built and how it generates.
 
     Defaults that differ from `DPOConfig`: `loss_type=["sigmoid", "sft"]` (the reference is a real
-    answer, so the SFT term on the chosen side is kept, as in RPO) and `learning_rate=2e-4` (LoRA).
+    answer, so the SFT term on the chosen side is kept, as in RPO), `learning_rate=2e-4` (LoRA) and
+    `bf16` only where a GPU supports it.
     """
 
     learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (LoRA scale)."})
@@ -59,16 +65,18 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "Offline: the generated preference dataset (JSONL); default: <output_dir>/negatives.jsonl."})
 
     def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16:  # TRL turns bf16 on by default, which fails on CPU-only machines
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         super().__post_init__()
         if self.negatives_mode not in NEGATIVES_MODES:
-            raise ValueError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
+            raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
-            raise ValueError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
+            raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
         if self.negatives_mode == "online" and self.keep_dataset_rejected:
-            raise ValueError("keep_dataset_rejected=True is supported with negatives_mode=offline only")
+            raise ConfigError("keep_dataset_rejected=True is supported with negatives_mode=offline only")
         self.teacher_config()  # validates the teacher fields, naming them
 
     def teacher_config(self) -> TeacherConfig:

@@ -8,6 +8,7 @@ source model's own tensors, not copies; LoRA adapters are stripped (the teacher 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Iterator, Mapping
@@ -70,7 +71,8 @@ class PackedLinear(nn.Module):
 
 
 def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, config: TeacherConfig | None = None,
-                           weights: Mapping[str, torch.Tensor] | None = None, **options) -> nn.Module:
+                           weights: Mapping[str, torch.Tensor] | None = None, standalone: bool = False,
+                           **options) -> nn.Module:
     """Build the frozen low-bit teacher from a loaded causal LM (full precision, 4-bit, or PEFT).
 
     Pass either a `TeacherConfig` or its fields (`quantizer`, `granularity`, `group_size`,
@@ -84,6 +86,11 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, conf
         config = TeacherConfig(quantizer=quantizer, **options)
     elif options:
         raise TeacherConfigError(f"pass either config or options, not both (got {sorted(options)})")
+    if standalone and (config.blocks is not None or config.strength < 1.0):
+        raise TeacherConfigError(
+            f"a standalone teacher (FSDP / ZeRO-3) cannot share the policy's layers: it needs blocks=None (all) "
+            f"and strength=1, got blocks={config.blocks}, strength={config.strength}"
+        )
     base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
     replacements = {}
     for name, layer in _quantizable_linears(base_model, config):
@@ -94,11 +101,28 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, conf
             weight, None if bias is None else bias.detach(), config,
             base=_share_frozen(base_layer, {}) if config.strength < 1.0 else None,
         )
-    teacher = _share_frozen(base_model, replacements)
+    teacher = _share_frozen(base_model, replacements, standalone)
     teacher.teacher_config = config
     logger.info("negative teacher %s: %d packed linear layers, %.2f bits per weight",
                 config.to_spec(), len(replacements), memory_report(teacher)["bits_per_weight"])
     return teacher
+
+
+@contextlib.contextmanager
+def inference_mode(teacher: nn.Module) -> Iterator[nn.Module]:
+    """Every module of the teacher in eval mode, shared ones included, restored afterwards.
+
+    The teacher's shared layers follow the policy's train/eval flag; bitsandbytes' fast CPU 4-bit
+    kernel only runs in eval mode, so generating from a teacher mid-training needs this.
+    """
+    modes = [(module, module.training) for module in teacher.modules()]
+    try:
+        for module, _ in modes:
+            module.training = False
+        yield teacher
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def memory_report(teacher: nn.Module) -> dict[str, float]:
@@ -203,7 +227,7 @@ def _without_adapter(layer: nn.Module) -> nn.Module:
     return layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
 
 
-def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module]) -> nn.Module:
+def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module], standalone: bool = False) -> nn.Module:
     """A copy of the module tree with `replacements` swapped in and adapters stripped, whose leaf
     layers (and so all tensors) are the source's own. Trainable parameters appear as frozen views
     of the same storage. Containers are copied, so wrapping the source later (PEFT injects LoRA
@@ -211,14 +235,16 @@ def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module]) -
     if module in replacements:
         return replacements[module]
     if isinstance(module, BaseTunerLayer):
-        return _share_frozen(module.get_base_layer(), replacements)
+        return _share_frozen(module.get_base_layer(), replacements, standalone)
+    if standalone and not module._modules:
+        return copy.deepcopy(module).requires_grad_(False).eval()
     trainable = {name for name, p in module._parameters.items() if p is not None and p.requires_grad}
     if not module._modules and not trainable:
         return module
     new = copy.copy(module)
     new.__dict__ = {k: v.copy() if isinstance(v, dict) else v for k, v in module.__dict__.items()}
     new.__dict__.pop("forward", None)  # an instance-level patch would call the source's forward
-    new._modules = {name: None if child is None else _share_frozen(child, replacements)
+    new._modules = {name: None if child is None else _share_frozen(child, replacements, standalone)
                     for name, child in module._modules.items()}
     for name in trainable:
         new._parameters[name] = nn.Parameter(module._parameters[name].detach(), requires_grad=False)

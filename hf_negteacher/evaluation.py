@@ -1,0 +1,61 @@
+"""Held-out evaluation of a trained adapter: reference-answer perplexity with and without it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from huggingface_hub import EvalResult
+
+from .files import atomic_write_json, atomic_write_text
+from .formats import PromptAnswer
+from .scoring import answer_logprobs, perplexity
+
+
+@dataclass
+class EvalRow:
+    model: str
+    answer_perplexity: float
+    tokens: int
+
+
+def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
+                             batch_size: int = 16) -> list[EvalRow]:
+    """Held-out reference-answer perplexity of the 4-bit base, the base + adapter and the teacher."""
+    prompts, answers = [p.prompt for p in pairs], [p.answer for p in pairs]
+    rows = []
+    disable = getattr(model, "disable_adapter", None)
+    candidates = [("4-bit base", disable() if disable else None), ("4-bit base + adapter", contextlib.nullcontext())]
+    for name, context in candidates:
+        if context is None:
+            continue
+        with context:
+            scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size)
+        rows.append(EvalRow(name, perplexity(scores), sum(n for _, n in scores)))
+    if teacher is not None:
+        scores = answer_logprobs(teacher, tokenizer, prompts, answers, batch_size=batch_size)
+        rows.append(EvalRow("negative teacher", perplexity(scores), sum(n for _, n in scores)))
+    return rows
+
+
+def to_markdown(rows: Sequence[EvalRow], dataset: str) -> str:
+    lines = [f"held-out reference-answer perplexity on {dataset}", "",
+             "| model | answer ppl | tokens |", "|---|---|---|"]
+    lines += [f"| {r.model} | {r.answer_perplexity:.3f} | {r.tokens} |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path) -> None:
+    output_dir = Path(output_dir)
+    atomic_write_text(output_dir / "eval.md", to_markdown(rows, dataset) + "\n")
+    atomic_write_json(output_dir / "eval.json", {"dataset": dataset, "rows": [asdict(r) for r in rows]})
+
+
+def to_eval_results(rows: Sequence[EvalRow], dataset: str) -> list[EvalResult]:
+    """The adapter's row as a model-index entry for the model card."""
+    return [EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=dataset,
+                       metric_type="perplexity", metric_name="held-out answer perplexity",
+                       metric_value=round(r.answer_perplexity, 4))
+            for r in rows if r.model == "4-bit base + adapter"]

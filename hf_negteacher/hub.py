@@ -1,0 +1,46 @@
+"""Model card rendering and the folder pushed to the Hub."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = Path(__file__).parent / "model_cards" / "negteacher_adapter.md"
+TAGS = ["negteacher", "dpo", "qlora", "bitnet", "trl", "peft"]
+_PACKAGES = ("hf-negteacher", "trl", "transformers", "peft", "bitsandbytes", "torch")
+
+
+def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, object], dataset_name: str,
+                      training: Mapping[str, object], train_metrics: Mapping[str, float] | None = None,
+                      eval_results: Sequence[EvalResult] = ()) -> ModelCard:
+    """The adapter's model card: `library_name: peft`, `base_model`, our tags, the teacher setting,
+    the dataset, training metrics and, when given, evaluation results as a model-index."""
+    card_data = ModelCardData(
+        base_model=base_model, library_name="peft", tags=TAGS, datasets=[dataset_name],
+        model_name=repo_id.split("/")[-1], eval_results=list(eval_results) or None,
+        pipeline_tag="text-generation",
+    )
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], base_model=base_model,
+        repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name, eval_rows=list(eval_results),
+        train_metrics={k: f"{v:.4g}" for k, v in (train_metrics or {}).items()}, versions=versions, **training,
+    )
+
+
+def last_logged_metrics(log_history: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict[str, float]:
+    """The most recent value of each key in a Trainer's `state.log_history`."""
+    found: dict[str, float] = {}
+    for entry in reversed(log_history):
+        for key in keys:
+            if key in entry and key not in found:
+                found[key] = float(entry[key])
+    return {k: found[k] for k in keys if k in found}

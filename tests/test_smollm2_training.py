@@ -1,0 +1,85 @@
+"""End-to-end training on the real SmolLM2-135M checkpoint: NF4 policy + LoRA, a few steps."""
+
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from peft import LoraConfig, PeftModel
+
+from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, nf4_config
+from hf_negteacher.cli import main
+from hf_negteacher.formats import load_rows
+from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+from hf_negteacher.scoring import completion_logprobs
+
+pytestmark = pytest.mark.slow
+ROWS = load_rows("bundled:train")[:8]
+
+
+def args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path), use_cpu=True, max_steps=2, per_device_train_batch_size=4, max_length=96,
+                  gradient_checkpointing=False, negatives_max_new_tokens=12, report_to=[], logging_steps=1,
+                  save_strategy="no", seed=0)
+    return NegativeTeacherConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return checkpoint_weights(DEFAULT_MODEL)
+
+
+def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenizer, weights, tmp_path):
+    policy = load_causal_lm(DEFAULT_MODEL, quantization=nf4_config())
+    trainer = NegativeTeacherTrainer(policy, args(tmp_path), ROWS, processing_class=smol_tokenizer,
+                                     peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+                                     teacher_weights=weights)
+    lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in trainer.state.log_history if "loss" in e)
+    assert any(not torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in lora_before.items())
+
+    # The rejected answers are the teacher's: far likelier under the teacher than under the 4-bit base,
+    # and none is the dataset's reference.
+    prompts, negatives = [], []
+    for example in trainer.train_dataset:
+        key = __import__("hf_negteacher.trainer", fromlist=["_example_key"])._example_key(example)
+        for negative in trainer._negative_cache[key][1]:
+            prompts.append(example["prompt_ids"])
+            negatives.append(negative)
+            assert negative != example["chosen_ids"][: len(negative)] or len(negative) < 3
+    assert len(negatives) >= 6
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    pad = smol_tokenizer.pad_token_id
+    teacher_lp = completion_logprobs(trainer.teacher, prompts, negatives, pad_token_id=pad)
+    with model.disable_adapter():
+        base_lp = completion_logprobs(model, prompts, negatives, pad_token_id=pad)
+    per_token = lambda scores: sum(s for s, _ in scores) / sum(n for _, n in scores)  # noqa: E731
+    assert per_token(teacher_lp) > per_token(base_lp) + 0.2
+
+    trainer.save_model(str(tmp_path))
+    fresh = PeftModel.from_pretrained(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()), str(tmp_path)).eval()
+    batch = smol_tokenizer(["What does the noun \"cat\" mean? A small feline."], return_tensors="pt")
+    with torch.no_grad():
+        trained_logits = model(**batch).logits
+        reloaded_logits = fresh(**batch).logits
+    torch.testing.assert_close(reloaded_logits, trained_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, capsys):
+    main(["train", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--max_steps", "2",
+          "--num_train_rows", "8", "--num_eval_rows", "8", "--negatives_max_new_tokens", "12",
+          "--save_strategy", "no", "--negatives_mode", "offline"])
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    table = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [r["model"] for r in table] == ["4-bit base", "4-bit base + adapter", "negative teacher"]
+    base, adapted, teacher = (r["answer_perplexity"] for r in table)
+    assert adapted != pytest.approx(base, rel=1e-6) and teacher > base
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert {"negteacher", "dpo", "qlora", "bitnet"} <= set(card.data.tags)
+    assert "int3,blocks=0-14" in card.text
+    assert card.data.eval_results[0].metric_value == pytest.approx(adapted, rel=1e-3)
+    negatives = [json.loads(line) for line in (tmp_path / "negatives.jsonl").read_text().splitlines()]
+    assert negatives and all(r["negteacher"]["teacher"] == "int3,blocks=0-14" for r in negatives)
+    assert "4-bit base + adapter" in capsys.readouterr().out
