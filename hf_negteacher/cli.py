@@ -1,4 +1,4 @@
-"""`negteacher train|generate|calibrate|push RECIPE.yaml [--field value ...]`."""
+"""`negteacher train|generate|calibrate|eval|push RECIPE.yaml [--field value ...]`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ commands:
   train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
   generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
   calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
+  eval       held-out reference perplexity: 4-bit base, base + the adapter in output_dir, teacher
   push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
 
 `negteacher COMMAND --help` lists every field with its default."""
@@ -143,6 +144,29 @@ def calibrate_command(argv: list[str]) -> None:
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def eval_command(argv: list[str]) -> None:
+    from peft import PeftModel
+
+    from .evaluation import adapter_perplexity_table, to_markdown, write_table
+    from .lowbit import build_negative_teacher
+    from .models import checkpoint_weights
+
+    model_args, data_args, args, tokenizer, _, held_out = _prepare(argv, "negteacher eval")
+    if held_out is None:
+        raise RecipeError("eval needs eval_dataset (e.g. --eval_dataset bundled:eval)")
+    adapter = Path(args.output_dir)
+    if not (adapter / "adapter_config.json").is_file():
+        raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
+    base = _load_policy(model_args)
+    teacher = build_negative_teacher(base, config=args.teacher_config(),
+                                     weights=checkpoint_weights(model_args.model_name_or_path))
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    table = adapter_perplexity_table(model, tokenizer, held_out[1], teacher=teacher,
+                                     batch_size=args.per_device_eval_batch_size)
+    write_table(table, data_args.eval_dataset, adapter)
+    print(to_markdown(table, data_args.eval_dataset))
+
+
 def push_command(argv: list[str]) -> None:
     from huggingface_hub import HfApi
 
@@ -164,7 +188,7 @@ def push_command(argv: list[str]) -> None:
 
 
 COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
-            "push": push_command}
+            "eval": eval_command, "push": push_command}
 
 
 def main(argv: list[str] | None = None) -> None:

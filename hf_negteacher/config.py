@@ -60,7 +60,7 @@ class NegativeTeacherConfig(DPOConfig):
     filter_equal_to_reference: bool = field(default=True, metadata={"help": "Drop negatives equal to the reference."})
     filter_duplicates: bool = field(default=True, metadata={"help": "Drop repeated negatives of the same prompt."})
     keep_dataset_rejected: bool = field(default=False, metadata={
-        "help": "Offline: a dataset's own `rejected` answers are kept as extra pairs beside the teacher's."})
+        "help": "A dataset's own `rejected` answers are kept as extra pairs beside the teacher's."})
     negatives_path: str | None = field(default=None, metadata={
         "help": "Offline: the generated preference dataset (JSONL); default: <output_dir>/negatives.jsonl."})
 
@@ -75,8 +75,6 @@ class NegativeTeacherConfig(DPOConfig):
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
-        if self.negatives_mode == "online" and self.keep_dataset_rejected:
-            raise ConfigError("keep_dataset_rejected=True is supported with negatives_mode=offline only")
         self.teacher_config()  # validates the teacher fields, naming them
 
     def teacher_config(self) -> TeacherConfig:

@@ -11,6 +11,7 @@ from huggingface_hub import EvalResult
 
 from .files import atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
+from .hub import dataset_label
 from .scoring import answer_logprobs, perplexity
 
 
@@ -55,7 +56,8 @@ def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path) -
 
 def to_eval_results(rows: Sequence[EvalRow], dataset: str) -> list[EvalResult]:
     """The adapter's row as a model-index entry for the model card."""
-    return [EvalResult(task_type="text-generation", dataset_type=dataset, dataset_name=dataset,
+    label = dataset_label(dataset)
+    return [EvalResult(task_type="text-generation", dataset_type=label, dataset_name=label,
                        metric_type="perplexity", metric_name="held-out answer perplexity",
                        metric_value=round(r.answer_perplexity, 4))
             for r in rows if r.model == "4-bit base + adapter"]

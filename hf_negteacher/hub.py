@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, ob
     """The adapter's model card: `library_name: peft`, `base_model`, our tags, the teacher setting,
     the dataset, training metrics and, when given, evaluation results as a model-index."""
     card_data = ModelCardData(
-        base_model=base_model, library_name="peft", tags=TAGS, datasets=[dataset_name],
+        base_model=base_model, library_name="peft", tags=TAGS,
+        datasets=[dataset_name] if is_hub_dataset_id(dataset_name) else None,
         model_name=repo_id.split("/")[-1], eval_results=list(eval_results) or None,
         pipeline_tag="text-generation",
     )
@@ -34,6 +36,18 @@ def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, ob
         repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name, eval_rows=list(eval_results),
         train_metrics={k: f"{v:.4g}" for k, v in (train_metrics or {}).items()}, versions=versions, **training,
     )
+
+
+def is_hub_dataset_id(name: str) -> bool:
+    """`owner/name` that is not a local path: the only form the card's `datasets` field may list."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).exists()
+
+
+def dataset_label(name: str) -> str:
+    """A readable name for a dataset source in the card's model-index (`bundled:eval` and paths too)."""
+    if name.startswith("bundled:"):
+        return f"wordnet-definitions-{name.removeprefix('bundled:')}"
+    return name if is_hub_dataset_id(name) else Path(name).stem
 
 
 def last_logged_metrics(log_history: Sequence[Mapping[str, float]], keys: Sequence[str]) -> dict[str, float]:

@@ -83,8 +83,9 @@ class NegativeTeacherTrainer(DPOTrainer):
         else:
             # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
             # tokenization, to exactly the end-of-answer tokens that follow a generated one.
-            train_rows = [_placeholder_row(r) for r in train_rows]
-            eval_rows = None if eval_rows is None else [_placeholder_row(r) for r in eval_rows]
+            keep = args.keep_dataset_rejected
+            train_rows = _online_rows(train_rows, keep)
+            eval_rows = None if eval_rows is None else _online_rows(eval_rows, keep)
             kwargs.setdefault("data_collator", _KeepExamples())
         super().__init__(
             model=model, args=args, train_dataset=Dataset.from_list(train_rows),
@@ -171,9 +172,19 @@ class NegativeTeacherTrainer(DPOTrainer):
             inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
 
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "negteacher_fixed" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "negteacher_fixed"]
+
     def _with_negatives(self, examples: list[dict]) -> list[dict]:
         """Examples with teacher negatives as `rejected_ids`: cached ones younger than
-        `refresh_every` steps are reused, the others generated in one batched call."""
+        `refresh_every` steps are reused, the others generated in one batched call. Rows marked
+        `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged."""
+        fixed = [e for e in examples if e.get("negteacher_fixed")]
+        examples = [e for e in examples if not e.get("negteacher_fixed")]
+        if not examples:
+            return fixed
         args: NegativeTeacherConfig = self.args
         step = self.state.global_step
         keys = [_example_key(e) for e in examples]
@@ -199,7 +210,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self._metrics[mode]["negatives/mean_length"].append(sum(lengths) / len(lengths))
         self._metrics[mode]["negatives/pairs_per_prompt"].append(len(out) / len(examples))
         self._metrics[mode]["negatives/filtered_fraction"].append(self.negative_filter.filtered_fraction)
-        return out
+        return out + fixed
 
     @torch.no_grad()
     def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
@@ -255,11 +266,18 @@ def _is_generated(rows: list[dict]) -> bool:
     return bool(rows) and "negteacher" in rows[0] and "rejected" in rows[0]
 
 
-def _placeholder_row(row: dict) -> dict:
-    base = preference_row(row)
-    base.pop("rejected", None)
-    empty = [{"role": "assistant", "content": ""}] if isinstance(base["chosen"], list) else ""
-    return {**base, "rejected": empty}
+def _online_rows(rows: list[dict], keep_dataset_rejected: bool) -> list[dict]:
+    """Preference rows whose rejected side is a placeholder for the teacher's answer, plus, when
+    kept, each dataset's own rejected answer as a fixed extra pair."""
+    out = []
+    for row in rows:
+        base = preference_row(row)
+        dataset_rejected = base.pop("rejected", None)
+        empty = [{"role": "assistant", "content": ""}] if isinstance(base["chosen"], list) else ""
+        out.append({**base, "rejected": empty, "negteacher_fixed": False})
+        if keep_dataset_rejected and dataset_rejected is not None:
+            out.append({**base, "rejected": dataset_rejected, "negteacher_fixed": True})
+    return out
 
 
 def _example_key(example: dict) -> str:

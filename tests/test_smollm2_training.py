@@ -83,3 +83,7 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     negatives = [json.loads(line) for line in (tmp_path / "negatives.jsonl").read_text().splitlines()]
     assert negatives and all(r["negteacher"]["teacher"] == "int3,blocks=0-14" for r in negatives)
     assert "4-bit base + adapter" in capsys.readouterr().out
+    (tmp_path / "eval.json").unlink()
+    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8"])
+    again = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [r["answer_perplexity"] for r in again] == pytest.approx([base, adapted, teacher], rel=1e-4)

@@ -119,13 +119,27 @@ def test_offline_training_consumes_the_generated_dataset(tiny_chat_model, smol_t
     assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
 
 
-def test_keep_dataset_rejected_adds_the_datasets_pair(tiny_chat_model, smol_tokenizer, tmp_path):
-    rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:],
-             "rejected": [{"role": "assistant", "content": "I do not know."}]} for r in ROWS[:4]]
+KNOWN_WRONG = [{"role": "assistant", "content": "I do not know."}]
+
+
+def test_keep_dataset_rejected_adds_the_datasets_pair_offline(tiny_chat_model, smol_tokenizer, tmp_path):
+    rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": KNOWN_WRONG} for r in ROWS[:4]]
     args = config(tmp_path, negatives_mode="offline", keep_dataset_rejected=True)
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, rows, processing_class=smol_tokenizer, peft_config=lora())
     sources = [r["negteacher"]["source"] for r in trainer.train_dataset]
     assert sources.count("dataset") == 4 and sources.count("teacher") >= 1
+
+
+def test_keep_dataset_rejected_adds_the_datasets_pair_online(tiny_chat_model, smol_tokenizer, tmp_path):
+    rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": KNOWN_WRONG} for r in ROWS[:2]]
+    args = config(tmp_path, keep_dataset_rejected=True, per_device_train_batch_size=4, max_steps=1)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, rows, processing_class=smol_tokenizer, peft_config=lora())
+    examples = [dict(e) for e in trainer.train_dataset]
+    assert [e["negteacher_fixed"] for e in examples] == [False, True, False, True]
+    pairs = trainer._with_negatives(examples)
+    wrong = smol_tokenizer.apply_chat_template(rows[0]["prompt"] + KNOWN_WRONG, tokenize=False)
+    fixed = [p for p in pairs if smol_tokenizer.decode(p["prompt_ids"] + p["rejected_ids"]) == wrong]
+    assert len(pairs) == 4 and len(fixed) == 1 and trainer.generation_calls == 1
 
 
 class StopAfter(TrainerCallback):
