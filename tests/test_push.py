@@ -81,3 +81,26 @@ def test_push_refuses_a_folder_without_adapter(tmp_path, capsys):
         main(["push", "--output_dir", str(tmp_path), "--hub_model_id", "you/adapter"])
     assert exit_info.value.code == 2
     assert "missing adapter_model.safetensors, adapter_config.json, README.md" in capsys.readouterr().err
+
+
+def test_trainer_push_to_hub_uploads_adapter_and_our_card(tiny_chat_model, smol_tokenizer, tmp_path, hub):
+    from peft import LoraConfig
+
+    from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer
+    from hf_negteacher.formats import load_rows
+
+    args = NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, per_device_train_batch_size=2,
+                                 max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=4,
+                                 teacher_blocks=None, teacher_group_size=32, report_to=[], save_strategy="no",
+                                 hub_model_id="you/adapter")
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, load_rows("bundled:train")[:2],
+                                     processing_class=smol_tokenizer, peft_config=LoraConfig(r=2))
+    trainer.train()
+    trainer.push_to_hub()
+    commit = next(r for r in hub if r.url.path.endswith("/commit/main"))
+    lines = [json.loads(line) for line in commit.content.decode().splitlines()]
+    uploaded = {line["value"]["path"] for line in lines if line["key"] == "file"}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= uploaded
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "peft" and "negteacher" in card.data.tags
+    assert "int3" in card.text
