@@ -78,3 +78,12 @@ def test_negative_filter_counts_each_reason():
     assert negative_filter.filtered_fraction == pytest.approx(3 / 5)
     ids_filter = NegativeFilter(duplicates=False)
     assert ids_filter.apply([[1, 2], [1, 2], [], [3]], [3]) == [[1, 2], [1, 2]]
+
+
+def test_a_gguf_file_and_the_bundled_alias_resolve_to_one_cached_conversion():
+    from hf_negteacher.models import BUNDLED_GGUF, ModelSourceError, _bundled_gguf_file, resolve_source
+
+    converted = resolve_source(BUNDLED_GGUF)
+    assert resolve_source(str(_bundled_gguf_file())) == converted
+    with pytest.raises(ModelSourceError, match=r"GGUF file not found"):
+        resolve_source("/nowhere/model.gguf")

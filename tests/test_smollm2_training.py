@@ -87,3 +87,19 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8"])
     again = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r["answer_perplexity"] for r in again] == pytest.approx([base, adapted, teacher], rel=1e-4)
+
+
+def test_generate_command_writes_a_resumable_preference_dataset(tmp_path, capsys):
+    argv = ["generate", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path),
+            "--num_train_rows", "6", "--eval_dataset", "", "--negatives_max_new_tokens", "10",
+            "--generation_batch_size", "3", "--num_negatives", "2"]
+    main(argv)
+    rows = [json.loads(line) for line in (tmp_path / "negatives.jsonl").read_text().splitlines()]
+    meta = json.loads((tmp_path / "negatives.jsonl.meta.json").read_text())
+    assert meta["source_rows"] == 6 and meta["counts"]["generated"] == 12 and len(rows) == meta["rows_written"]
+    assert {r["negteacher"]["row"] for r in rows} <= set(range(6)) and rows[0]["negteacher"]["seed"] == 0
+    assert all(r["rejected"][0]["content"] != r["chosen"][0]["content"] for r in rows)
+    first = (tmp_path / "negatives.jsonl").read_bytes()
+    main(argv)  # same settings: the complete file is reused, not regenerated
+    assert (tmp_path / "negatives.jsonl").read_bytes() == first
+    assert "6 rows" in capsys.readouterr().out
