@@ -33,10 +33,10 @@ def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *,
         if context is None:
             continue
         with context:
-            scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size)
+            scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
         rows.append(EvalRow(name, perplexity(scores), sum(n for _, n in scores)))
     if teacher is not None:
-        scores = answer_logprobs(teacher, tokenizer, prompts, answers, batch_size=batch_size)
+        scores = answer_logprobs(teacher, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
         rows.append(EvalRow("negative teacher", perplexity(scores), sum(n for _, n in scores)))
     return rows
 

@@ -28,7 +28,7 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
     """Per row: (sum of the completion tokens' log-probabilities given the prompt, their number)."""
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = []
-    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring", disable=not progress):
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring answers", disable=not progress):
         rows = list(zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size], strict=True))
         width = max(len(p) + len(a) for p, a in rows)
         input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
