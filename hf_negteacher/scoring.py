@@ -53,3 +53,39 @@ def perplexity(scores: Sequence[tuple[float, int]]) -> float:
     if not tokens:
         raise ValueError("perplexity of zero tokens is undefined")
     return math.exp(-sum(s for s, _ in scores) / tokens)
+
+
+def rolling_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over `[prefix] + tokens`.
+
+    Position p of the prefixed sequence (p >= 1) is scored exactly once, in the first window whose input
+    covers p - 1; each window sees up to `window` input tokens. With stride == window the windows are
+    disjoint, as lm-evaluation-harness's rolling loglikelihood with one token of context.
+    """
+    if window < 1 or not 1 <= stride <= window:
+        raise ValueError(f"need window >= 1 and 1 <= stride <= window, got window={window}, stride={stride}")
+    windows, scored_until = [], 1  # position 0 is the prefix token, never scored
+    begin = 0
+    while scored_until <= num_tokens:
+        end = min(begin + window, num_tokens)  # the input is sequence[begin:end], predicting begin+1..end
+        windows.append((begin, end, scored_until))
+        scored_until = end + 1
+        begin += stride
+    return windows
+
+
+@torch.no_grad()
+def sliding_window_logprob(model, token_ids: Sequence[int], *, window: int, stride: int,
+                           prefix_token_id: int) -> tuple[float, int]:
+    """Sum of log p(token | earlier tokens within the window) over every token of a long text, and
+    the number of tokens; the first token is predicted from `prefix_token_id` (BOS or EOS)."""
+    device = next(model.parameters()).device
+    sequence = torch.tensor([prefix_token_id, *token_ids], device=device)
+    total = 0.0
+    for begin, end, first in rolling_windows(len(token_ids), window, stride):
+        logits = model(input_ids=sequence[begin:end].unsqueeze(0)).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)  # row i predicts sequence[begin + i + 1]
+        targets = sequence[first:end + 1]
+        rows = torch.arange(first - 1 - begin, end - begin, device=device)
+        total += float(logprobs[rows, targets].sum())
+    return total, len(token_ids)

@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+
+from hf_negteacher.scoring import completion_logprobs, perplexity, rolling_windows, sliding_window_logprob
+
+TOKENS = [5, 17, 42, 8, 8, 61, 3, 90, 12]
+
+
+@pytest.mark.parametrize("num_tokens, window, stride", [(10, 4, 4), (10, 4, 2), (3, 8, 8), (9, 3, 1), (1, 1, 1)])
+def test_windows_score_every_token_exactly_once_within_the_window(num_tokens, window, stride):
+    windows = rolling_windows(num_tokens, window, stride)
+    scored = [p for _, end, first in windows for p in range(first, end + 1)]
+    assert scored == list(range(1, num_tokens + 1))
+    assert all(end - begin <= window and begin < first for begin, end, first in windows)
+
+
+def test_window_settings_are_checked():
+    with pytest.raises(ValueError, match="1 <= stride <= window"):
+        rolling_windows(10, 4, 5)
+
+
+def test_full_window_equals_the_models_own_loss(tiny_llama):
+    total, count = sliding_window_logprob(tiny_llama, TOKENS, window=64, stride=64, prefix_token_id=1)
+    ids = torch.tensor([[1, *TOKENS]])
+    with torch.no_grad():
+        loss = tiny_llama(input_ids=ids, labels=ids).loss.item()  # mean NLL of tokens 1..n
+    assert count == len(TOKENS)
+    assert total == pytest.approx(-loss * len(TOKENS), rel=1e-5)
+
+
+def test_window_of_one_predicts_each_token_from_the_previous_alone(tiny_llama):
+    total, _ = sliding_window_logprob(tiny_llama, TOKENS, window=1, stride=1, prefix_token_id=1)
+    expected = 0.0
+    with torch.no_grad():
+        for previous, token in zip([1, *TOKENS[:-1]], TOKENS, strict=True):
+            logits = tiny_llama(input_ids=torch.tensor([[previous]])).logits[0, -1]
+            expected += torch.log_softmax(logits, -1)[token].item()
+    assert total == pytest.approx(expected, rel=1e-5)
+
+
+def test_more_context_changes_the_score(tiny_llama):
+    narrow = sliding_window_logprob(tiny_llama, TOKENS, window=3, stride=3, prefix_token_id=1)[0]
+    overlapping = sliding_window_logprob(tiny_llama, TOKENS, window=3, stride=1, prefix_token_id=1)[0]
+    assert narrow != pytest.approx(overlapping)
+
+
+def test_completion_logprobs_and_perplexity_by_hand(tiny_llama):
+    prompt, answer = [4, 9, 2], [7, 7, 30]
+    (total, count), = completion_logprobs(tiny_llama, [prompt], [answer], pad_token_id=0)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(tiny_llama(input_ids=torch.tensor([prompt + answer])).logits[0], -1)
+    expected = sum(logprobs[len(prompt) - 1 + i, token].item() for i, token in enumerate(answer))
+    assert count == 3 and total == pytest.approx(expected, rel=1e-5)
+    padded = completion_logprobs(tiny_llama, [prompt, [4]], [answer, [7, 8, 9, 10, 11]], pad_token_id=0)
+    assert padded[0][0] == pytest.approx(total, rel=1e-4)  # right padding leaves a row's score unchanged
+    assert perplexity([(total, count)]) == pytest.approx(math.exp(-total / 3))
+    with pytest.raises(ValueError, match="zero tokens"):
+        perplexity([(0.0, 0)])
