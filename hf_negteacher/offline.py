@@ -35,7 +35,7 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     the same fingerprint is reused as is.
     """
     path = Path(path)
-    negative_filter = negative_filter or NegativeFilter()
+    negative_filter = dataclasses.replace(negative_filter or NegativeFilter())  # this file's counts only
     generation = dataclasses.asdict(settings)
     fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected)
     meta_path = path.with_name(path.name + ".meta.json")
