@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
 from hf_negteacher.formats import load_rows
+from hf_negteacher.trainer import _example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 tokenizer = load_tokenizer(str(model_dir))
@@ -27,7 +28,7 @@ trainer.train()
 rank = trainer.accelerator.process_index
 output_dir.mkdir(parents=True, exist_ok=True)
 prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
-                 if __import__("hf_negteacher.trainer", fromlist=["x"])._example_key(e) in trainer._negative_cache)
+                 if _example_key(e) in trainer._negative_cache)
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
                                                             "generation_calls": trainer.generation_calls,
                                                             "prompts": prompts}))

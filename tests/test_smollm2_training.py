@@ -12,6 +12,7 @@ from hf_negteacher.cli import main
 from hf_negteacher.formats import load_rows
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
 from hf_negteacher.scoring import completion_logprobs
+from hf_negteacher.trainer import _example_key
 
 pytestmark = pytest.mark.slow
 ROWS = load_rows("bundled:train")[:8]
@@ -43,7 +44,7 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
     # and none is the dataset's reference.
     prompts, negatives = [], []
     for example in trainer.train_dataset:
-        key = __import__("hf_negteacher.trainer", fromlist=["_example_key"])._example_key(example)
+        key = _example_key(example)
         for negative in trainer._negative_cache[key][1]:
             prompts.append(example["prompt_ids"])
             negatives.append(negative)
