@@ -18,7 +18,7 @@ commands:
   train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
   generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
   calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
-  eval       held-out reference perplexity: 4-bit base, base + the adapter in output_dir, teacher
+  eval       held-out reference perplexity: full-precision and 4-bit base, + the adapter in output_dir, teacher
   push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
 
 `negteacher COMMAND --help` lists every field with its default."""
@@ -143,7 +143,7 @@ def eval_command(argv: list[str]) -> None:
 
     from .evaluation import adapter_perplexity_table, to_markdown, write_table
     from .lowbit import build_negative_teacher
-    from .models import checkpoint_weights
+    from .models import checkpoint_weights, load_causal_lm
 
     model_args, data_args, args, tokenizer, _, held_out = _prepare(argv, "negteacher eval")
     if held_out is None:
@@ -155,7 +155,8 @@ def eval_command(argv: list[str]) -> None:
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    table = adapter_perplexity_table(model, tokenizer, held_out[1], teacher=teacher,
+    full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
+    table = adapter_perplexity_table(model, tokenizer, held_out[1], teacher=teacher, full_precision=full_precision,
                                      batch_size=args.per_device_eval_batch_size)
     write_table(table, data_args.eval_dataset, adapter)
     print(to_markdown(table, data_args.eval_dataset))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult
 
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write, atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
 from .hub import dataset_label
 from .scoring import answer_logprobs, perplexity
@@ -23,10 +23,14 @@ class EvalRow:
 
 
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
-                             batch_size: int = 16) -> list[EvalRow]:
-    """Held-out reference-answer perplexity of the 4-bit base, the base + adapter and the teacher."""
+                             full_precision=None, batch_size: int = 16) -> list[EvalRow]:
+    """Held-out reference-answer perplexity of the full-precision base (when given), the 4-bit base,
+    the base + adapter and the teacher, on the same rows."""
     prompts, answers = [p.prompt for p in pairs], [p.answer for p in pairs]
     rows = []
+    if full_precision is not None:
+        scores = answer_logprobs(full_precision, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
+        rows.append(EvalRow("full-precision base", perplexity(scores), sum(n for _, n in scores)))
     disable = getattr(model, "disable_adapter", None)
     candidates = [("4-bit base", disable() if disable else None), ("4-bit base + adapter", contextlib.nullcontext())]
     for name, context in candidates:
@@ -49,9 +53,29 @@ def to_markdown(rows: Sequence[EvalRow], dataset: str) -> str:
 
 
 def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path) -> None:
+    """`eval.md`, `eval.json` and the bar chart `eval.png` in `output_dir`."""
     output_dir = Path(output_dir)
     atomic_write_text(output_dir / "eval.md", to_markdown(rows, dataset) + "\n")
     atomic_write_json(output_dir / "eval.json", {"dataset": dataset, "rows": [asdict(r) for r in rows]})
+    atomic_write(output_dir / "eval.png", lambda path: _plot(rows, dataset, path))
+
+
+def _plot(rows: Sequence[EvalRow], dataset: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    bars = ax.bar([r.model for r in rows], [r.answer_perplexity for r in rows], color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("held-out answer perplexity (log scale)")
+    ax.set_title(f"Reference-answer perplexity on {dataset}")
+    ax.tick_params(axis="x", rotation=15, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
 
 
 def to_eval_results(rows: Sequence[EvalRow], dataset: str) -> list[EvalResult]:

@@ -87,7 +87,11 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     (tmp_path / "eval.json").unlink()
     main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8"])
     again = json.loads((tmp_path / "eval.json").read_text())["rows"]
-    assert [r["answer_perplexity"] for r in again] == pytest.approx([base, adapted, teacher], rel=1e-4)
+    assert [r["model"] for r in again][0] == "full-precision base"
+    full, *rest = (r["answer_perplexity"] for r in again)
+    assert rest == pytest.approx([base, adapted, teacher], rel=1e-4)
+    assert full < base  # NF4 costs the base some perplexity
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_generate_command_writes_a_resumable_preference_dataset(tmp_path, capsys):
