@@ -97,7 +97,6 @@ def train_command(argv: list[str]) -> None:
 def generate_command(argv: list[str]) -> None:
     from .lowbit import build_negative_teacher
     from .models import checkpoint_weights
-    from .negatives import NegativeFilter
     from .offline import generate_preference_dataset
 
     model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
@@ -107,7 +106,7 @@ def generate_command(argv: list[str]) -> None:
     meta = generate_preference_dataset(
         teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
         teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
-        negative_filter=NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates),
+        negative_filter=args.negative_filter(),
         keep_dataset_rejected=args.keep_dataset_rejected,
     )
     print(f"{path}: {meta['rows_written']} pairs from {meta['source_rows']} rows; filtered {meta['counts']}")

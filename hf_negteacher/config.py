@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig
 
-from .negatives import GenerationSettings
+from .negatives import GenerationSettings, NegativeFilter
 from .teacher_config import TeacherConfig
 
 NEGATIVES_MODES = ("online", "offline")
@@ -83,6 +83,9 @@ class NegativeTeacherConfig(DPOConfig):
             blocks=self.teacher_blocks or None, strength=self.teacher_strength,
             activation_bits=self.teacher_activation_bits,
         )
+
+    def negative_filter(self) -> NegativeFilter:
+        return NegativeFilter(self.filter_empty, self.filter_equal_to_reference, self.filter_duplicates)
 
     def generation_settings(self) -> GenerationSettings:
         return GenerationSettings(

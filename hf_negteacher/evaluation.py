@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,21 +26,18 @@ def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *,
     """Held-out reference-answer perplexity of the full-precision base (when given), the 4-bit base,
     the base + adapter and the teacher, on the same rows."""
     prompts, answers = [p.prompt for p in pairs], [p.answer for p in pairs]
-    rows = []
-    if full_precision is not None:
-        scores = answer_logprobs(full_precision, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
-        rows.append(EvalRow("full-precision base", perplexity(scores), sum(n for _, n in scores)))
-    disable = getattr(model, "disable_adapter", None)
-    candidates = [("4-bit base", disable() if disable else None), ("4-bit base + adapter", contextlib.nullcontext())]
-    for name, context in candidates:
-        if context is None:
-            continue
-        with context:
-            scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
-        rows.append(EvalRow(name, perplexity(scores), sum(n for _, n in scores)))
+
+    def row(name: str, scorer) -> EvalRow:
+        scores = answer_logprobs(scorer, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
+        return EvalRow(name, perplexity(scores), sum(n for _, n in scores))
+
+    rows = [row("full-precision base", full_precision)] if full_precision is not None else []
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            rows.append(row("4-bit base", model))
+    rows.append(row("4-bit base + adapter", model))
     if teacher is not None:
-        scores = answer_logprobs(teacher, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
-        rows.append(EvalRow("negative teacher", perplexity(scores), sum(n for _, n in scores)))
+        rows.append(row("negative teacher", teacher))
     return rows
 
 

@@ -22,7 +22,7 @@ from .config import NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
 from .hub import last_logged_metrics, render_model_card
 from .lowbit import build_negative_teacher, inference_mode
-from .negatives import NegativeFilter, generate_negative_ids
+from .negatives import generate_negative_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs, perplexity
 
@@ -73,7 +73,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
-        self.negative_filter = NegativeFilter(args.filter_empty, args.filter_equal_to_reference, args.filter_duplicates)
+        self.negative_filter = args.negative_filter()
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
             # One process writes the file; the others then find it complete and reuse it.
