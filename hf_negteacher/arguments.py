@@ -59,3 +59,19 @@ class DataArguments:
         "help": "Held-out rows for the evaluation table (same forms); none to skip."})
     num_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     num_eval_rows: int | None = field(default=200, metadata={"help": "Use only the first N held-out rows."})
+
+
+@dataclass
+class EvalArguments:
+    """`negteacher eval`: engines and sliding-window settings."""
+
+    engines: list[str] = field(default_factory=lambda: ["builtin", "lm-eval"], metadata={
+        "help": "Perplexity engines, side by side: builtin (our batched scorer) and lm-eval (lm-evaluation-harness)."})
+    window: int | None = field(default=None, metadata={
+        "help": "Tokens per window for plain text (default: the model's context, at most 1024); also lm-eval's "
+                "max_length."})
+    stride: int | None = field(default=None, metadata={
+        "help": "Built-in sliding-window stride (default: window // 2); stride = window scores disjoint windows "
+                "as lm-eval's rolling loglikelihood does."})
+    text_column: str = field(default="text", metadata={
+        "help": "Column of plain-text data (scored by sliding windows); rows without it must be prompt/answer rows."})

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .arguments import CalibrateArguments, DataArguments, NegTeacherModelConfig
+from .arguments import CalibrateArguments, DataArguments, EvalArguments, NegTeacherModelConfig
 from .config import NegativeTeacherConfig
 from .recipe import RecipeError, parse
 
@@ -18,7 +18,7 @@ commands:
   train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
   generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
   calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
-  eval       held-out reference perplexity: full-precision and 4-bit base, + the adapter in output_dir, teacher
+  eval       held-out perplexity (built-in and lm-eval engines) of the base, 4-bit base, + adapter, teacher
   push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
 
 `negteacher COMMAND --help` lists every field with its default."""
@@ -139,26 +139,52 @@ def calibrate_command(argv: list[str]) -> None:
 
 def eval_command(argv: list[str]) -> None:
     from peft import PeftModel
+    from transformers import AutoConfig
 
-    from .evaluation import adapter_perplexity_table, to_markdown, write_table
+    from .evaluation import model_variants, score_models, to_eval_results, to_markdown, write_table
+    from .hub import update_card_evaluation
+    from .lm_eval_glue import write_tasks
     from .lowbit import build_negative_teacher
-    from .models import checkpoint_weights, load_causal_lm
+    from .models import checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
+    from .perplexity_eval import check_engines, check_window, load_eval_data, perplexity_metrics
 
-    model_args, data_args, args, tokenizer, _, held_out = _prepare(argv, "negteacher eval")
-    if held_out is None:
+    model_args, data_args, args, eval_args = parse(
+        (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig, EvalArguments), argv, "negteacher eval")
+    if not data_args.eval_dataset:
         raise RecipeError("eval needs eval_dataset (e.g. --eval_dataset bundled:eval)")
     adapter = Path(args.output_dir)
     if not (adapter / "adapter_config.json").is_file():
         raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
+    check_engines(eval_args.engines)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    data = load_eval_data(data_args.eval_dataset, tokenizer, limit=data_args.num_eval_rows,
+                          text_column=eval_args.text_column, max_length=args.max_length)
+    base_dir = resolve_source(model_args.model_name_or_path)
+    context = AutoConfig.from_pretrained(base_dir).max_position_embeddings
+    window = eval_args.window or min(context, 1024)
+    stride = eval_args.stride or max(1, window // 2)
+    check_window(window, stride, context)
+
     base = _load_policy(model_args, args.use_cpu)
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
-    table = adapter_perplexity_table(model, tokenizer, held_out[1], teacher=teacher, full_precision=full_precision,
-                                     batch_size=args.per_device_eval_batch_size)
-    write_table(table, data_args.eval_dataset, adapter)
-    print(to_markdown(table, data_args.eval_dataset))
+    variants = model_variants(model, teacher=teacher, full_precision=full_precision)
+    table = score_models(variants, lambda m: perplexity_metrics(
+        m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
+        batch_size=args.per_device_eval_batch_size))
+    notes = [f"teacher: {args.teacher_config().to_spec()}"]
+    if data.texts:
+        notes.append(f"built-in: windows of {window} tokens, stride {stride}; lm-eval: disjoint windows of {window}")
+    write_table(table, data_args.eval_dataset, adapter, notes)
+    if (adapter / "README.md").is_file():
+        update_card_evaluation(adapter / "README.md", to_eval_results(table, data_args.eval_dataset))
+    tasks = write_tasks(adapter / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
+    print(to_markdown(table, data_args.eval_dataset, notes))
+    print(f"\nwrote eval.md, eval.json, eval.png in {adapter}. The same tasks with the plain lm-eval command line "
+          f"(full-precision base + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},peft={adapter} "
+          f"--include_path {adapter / 'lm_eval_tasks'} --tasks {','.join(tasks)} --device cpu")
 
 
 def push_command(argv: list[str]) -> None:
@@ -176,7 +202,7 @@ def push_command(argv: list[str]) -> None:
     api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
     commit = api.upload_folder(repo_id=args.hub_model_id, folder_path=folder,
                                allow_patterns=["adapter_model.safetensors", "adapter_config.json", "README.md",
-                                               "eval.md", "eval.json", "tokenizer*", "chat_template.jinja"],
+                                               "eval.md", "eval.json", "eval.png", "tokenizer*", "chat_template.jinja"],
                                commit_message="Upload negteacher adapter")
     print(f"pushed {folder} to {commit.commit_url if hasattr(commit, 'commit_url') else commit}")
 

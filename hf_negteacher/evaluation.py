@@ -1,8 +1,9 @@
-"""Held-out evaluation of a trained adapter: reference-answer perplexity with and without it."""
+"""The evaluation table: each model variant (full-precision base, 4-bit base, + adapter, teacher) scored
+on the same rows; markdown, JSON, a PNG chart and model-index entries for the card."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,48 +12,81 @@ from huggingface_hub import EvalResult
 from .files import atomic_write, atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
 from .hub import dataset_label
-from .scoring import answer_logprobs, perplexity
+from .perplexity_eval import EvalData, builtin_perplexity
+
+LABELS = {
+    "answer_perplexity": "answer ppl", "answer_bits_per_byte": "answer bits/byte", "token_perplexity": "token ppl",
+    "word_perplexity": "word ppl", "byte_perplexity": "byte ppl", "bits_per_byte": "bits/byte",
+}
+ADAPTER_SUFFIX = "+ adapter"
 
 
 @dataclass
 class EvalRow:
     model: str
-    answer_perplexity: float
-    tokens: int
+    metrics: dict[str, float]
+
+
+def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tuple[str, object]]:
+    """(name, model) for each row of the table; the base row is `model` with its adapter disabled,
+    valid until the next item is requested."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base_name = "4-bit base" if getattr(base, "is_loaded_in_4bit", False) else "base"
+    if full_precision is not None:
+        yield "full-precision base", full_precision
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield base_name, model
+        yield f"{base_name} {ADAPTER_SUFFIX}", model
+    else:
+        yield base_name, model
+    if teacher is not None:
+        yield "negative teacher", teacher
+
+
+def score_models(variants: Iterable[tuple[str, object]], scorer: Callable[[object], Mapping[str, float]]
+                 ) -> list[EvalRow]:
+    return [EvalRow(name, dict(scorer(model))) for name, model in variants]
 
 
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
                              full_precision=None, batch_size: int = 16) -> list[EvalRow]:
-    """Held-out reference-answer perplexity of the full-precision base (when given), the 4-bit base,
-    the base + adapter and the teacher, on the same rows."""
-    prompts, answers = [p.prompt for p in pairs], [p.answer for p in pairs]
-
-    def row(name: str, scorer) -> EvalRow:
-        scores = answer_logprobs(scorer, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
-        return EvalRow(name, perplexity(scores), sum(n for _, n in scores))
-
-    rows = [row("full-precision base", full_precision)] if full_precision is not None else []
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            rows.append(row("4-bit base", model))
-    rows.append(row("4-bit base + adapter", model))
-    if teacher is not None:
-        rows.append(row("negative teacher", teacher))
-    return rows
+    """Built-in held-out answer perplexity of every variant (the table written after training)."""
+    data = EvalData("held-out", pairs=list(pairs))
+    return score_models(model_variants(model, teacher=teacher, full_precision=full_precision),
+                        lambda m: builtin_perplexity(m, tokenizer, data, batch_size=batch_size))
 
 
-def to_markdown(rows: Sequence[EvalRow], dataset: str) -> str:
-    lines = [f"held-out reference-answer perplexity on {dataset}", "",
-             "| model | answer ppl | tokens |", "|---|---|---|"]
-    lines += [f"| {r.model} | {r.answer_perplexity:.3f} | {r.tokens} |" for r in rows]
+def metric_label(key: str) -> str:
+    name, _, engine = key.partition("/")
+    return f"{LABELS.get(name, name)} [{engine}]" if engine else LABELS.get(name, name)
+
+
+def _columns(rows: Sequence[EvalRow]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row.metrics))
+
+
+def _format(value: float) -> str:
+    return f"{value:.4g}" if abs(value) >= 1000 else f"{value:.3f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def to_markdown(rows: Sequence[EvalRow], dataset: str, notes: Sequence[str] = ()) -> str:
+    columns = _columns(rows)
+    lines = [f"held-out evaluation on {dataset}", *notes, "",
+             "| model | " + " | ".join(metric_label(c) for c in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += ["| " + " | ".join([r.model, *(_format(r.metrics[c]) if c in r.metrics else "-" for c in columns)])
+              + " |" for r in rows]
     return "\n".join(lines)
 
 
-def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path) -> None:
+def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path, notes: Sequence[str] = (),
+                extra: Mapping[str, object] | None = None) -> None:
     """`eval.md`, `eval.json` and the bar chart `eval.png` in `output_dir`."""
     output_dir = Path(output_dir)
-    atomic_write_text(output_dir / "eval.md", to_markdown(rows, dataset) + "\n")
-    atomic_write_json(output_dir / "eval.json", {"dataset": dataset, "rows": [asdict(r) for r in rows]})
+    atomic_write_text(output_dir / "eval.md", to_markdown(rows, dataset, notes) + "\n")
+    atomic_write_json(output_dir / "eval.json",
+                      {"dataset": dataset, "notes": list(notes), "rows": [asdict(r) for r in rows], **(extra or {})})
     atomic_write(output_dir / "eval.png", lambda path: _plot(rows, dataset, path))
 
 
@@ -62,22 +96,25 @@ def _plot(rows: Sequence[EvalRow], dataset: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    bars = ax.bar([r.model for r in rows], [r.answer_perplexity for r in rows], color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("held-out answer perplexity (log scale)")
-    ax.set_title(f"Reference-answer perplexity on {dataset}")
-    ax.tick_params(axis="x", rotation=15, labelsize=8)
+    columns = _columns(rows)
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 1, 4), squeeze=False)
+    for ax, column in zip(axes[0], columns, strict=True):
+        scored = [r for r in rows if column in r.metrics]
+        bars = ax.bar([r.model for r in scored], [r.metrics[column] for r in scored], color="tab:blue")
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        if "perplexity" in column:
+            ax.set_yscale("log")
+        ax.set_title(metric_label(column), fontsize=9)
+        ax.tick_params(axis="x", rotation=30, labelsize=7)
+    fig.suptitle(f"held-out evaluation on {dataset}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 
 def to_eval_results(rows: Sequence[EvalRow], dataset: str) -> list[EvalResult]:
-    """The adapter's row as a model-index entry for the model card."""
+    """The adapter's row, every metric, as model-index entries for the model card."""
     label = dataset_label(dataset)
     return [EvalResult(task_type="text-generation", dataset_type=label, dataset_name=label,
-                       metric_type="perplexity", metric_name="held-out answer perplexity",
-                       metric_value=round(r.answer_perplexity, 4))
-            for r in rows if r.model == "4-bit base + adapter"]
+                       metric_type=key.partition("/")[0], metric_name=metric_label(key), metric_value=round(value, 4))
+            for r in rows if r.model.endswith(ADAPTER_SUFFIX) for key, value in r.metrics.items()]

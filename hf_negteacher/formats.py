@@ -44,7 +44,8 @@ def load_jsonl(path: str | Path) -> list[dict]:
 
 
 def load_rows(source: str) -> list[dict]:
-    """Rows from `bundled:train`, `bundled:eval`, or a local .jsonl / .json file (a list of rows)."""
+    """Rows from `bundled:train`, `bundled:eval`, a local .jsonl / .json file (a list of rows), a .txt
+    file (one row, its whole text under `text`), or a directory written by `datasets.save_to_disk`."""
     if source.startswith("bundled:"):
         split = source.removeprefix("bundled:")
         if split not in BUNDLED_SPLITS:
@@ -52,14 +53,47 @@ def load_rows(source: str) -> list[dict]:
                                   f"{', '.join('bundled:' + s for s in BUNDLED_SPLITS)}")
         return load_jsonl(BUNDLED_SPLITS[split])
     path = Path(source)
+    if path.is_dir():
+        return _load_saved_dataset(path)
     if path.suffix == ".json" and path.is_file():
         rows = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(rows, list) or not rows:
             raise DataFormatError(f"dataset file {source!r} must hold a non-empty JSON list of rows")
         return rows
+    if path.suffix == ".txt" and path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise DataFormatError(f"text file {source!r} is empty")
+        return [{"text": text}]
     if path.suffix != ".jsonl":
-        raise DataFormatError(f"dataset {source!r}: expected bundled:train, bundled:eval, or a .jsonl/.json file")
+        raise DataFormatError(f"dataset {source!r}: expected bundled:train, bundled:eval, a .jsonl/.json/.txt file "
+                              "or a datasets.save_to_disk directory")
     return load_jsonl(path)
+
+
+def _load_saved_dataset(path: Path) -> list[dict]:
+    from datasets import Dataset, load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except FileNotFoundError as error:
+        raise DataFormatError(f"directory {str(path)!r} is not a datasets.save_to_disk folder ({error})") from None
+    if not isinstance(dataset, Dataset):
+        raise DataFormatError(f"{str(path)!r} holds the splits {sorted(dataset)}: pass one split's folder, "
+                              f"e.g. {str(path / sorted(dataset)[0])!r}")
+    if not len(dataset):
+        raise DataFormatError(f"dataset {str(path)!r} has no rows")
+    return dataset.to_list()
+
+
+def text_documents(rows: list[dict], column: str = "text") -> list[str] | None:
+    """The documents of plain-text data (every row has `column`), or None for prompt/answer data."""
+    if not any(column in row for row in rows):
+        return None
+    for index, row in enumerate(rows):
+        if not isinstance(row.get(column), str) or not row[column].strip():
+            raise DataFormatError(f"row {index}: column {column!r} must be non-empty text (rows {sorted(row)})")
+    return [row[column] for row in rows]
 
 
 def _is_conversation(value) -> bool:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .files import atomic_write_text
+
 TEMPLATE = Path(__file__).parent / "model_cards" / "negteacher_adapter.md"
 TAGS = ["negteacher", "dpo", "qlora", "bitnet", "trl", "peft"]
 _PACKAGES = ("hf-negteacher", "trl", "transformers", "peft", "bitsandbytes", "torch")
@@ -33,9 +35,30 @@ def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, ob
             continue
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], base_model=base_model,
-        repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name, eval_rows=list(eval_results),
+        repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name,
+        evaluation=evaluation_section(eval_results),
         train_metrics={k: f"{v:.4g}" for k, v in (train_metrics or {}).items()}, versions=versions, **training,
     )
+
+
+def evaluation_section(eval_results: Sequence[EvalResult]) -> str:
+    """The card's evaluation table (markdown), between the `negteacher-eval` markers."""
+    if not eval_results:
+        return "No evaluation was attached to this adapter: run `negteacher eval` to score it."
+    lines = ["| dataset | metric | value |", "|---|---|---|"]
+    lines += [f"| {r.dataset_name} | {r.metric_name or r.metric_type} | {r.metric_value} |" for r in eval_results]
+    return "\n".join(lines)
+
+
+def update_card_evaluation(card_path: str | Path, eval_results: Sequence[EvalResult]) -> None:
+    """Replace a saved card's model-index and evaluation table with `eval_results` (atomically)."""
+    card_path = Path(card_path)
+    card = ModelCard(card_path.read_text(encoding="utf-8"))
+    card.data.model_name = card.data.model_name or card_path.parent.name
+    card.data.eval_results = list(eval_results) or None
+    card.text = re.sub(r"(<!-- negteacher-eval -->\n).*?(\n<!-- /negteacher-eval -->)",
+                       lambda m: m.group(1) + evaluation_section(eval_results) + m.group(2), card.text, flags=re.S)
+    atomic_write_text(card_path, str(card))
 
 
 def is_hub_dataset_id(name: str) -> bool:

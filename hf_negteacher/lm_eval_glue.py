@@ -1,37 +1,59 @@
-"""lm-evaluation-harness glue: our task YAML over local files, run on an already-built model."""
+"""lm-evaluation-harness glue: our task YAMLs over local files, run on an already-built model."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+
+from .files import atomic_write_text
+from .formats import PromptAnswer
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 TEXT_TASK = "negteacher_text_ppl"
+ANSWER_TASK = "negteacher_answer_ppl"
+METRICS = {TEXT_TASK: ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+           ANSWER_TASK: ("answer_perplexity", "answer_bits_per_byte")}
 
 
-def text_perplexity_task(data_file: str | Path, task_dir: str | Path) -> Path:
-    """Write the `negteacher_text_ppl` task for `data_file` (JSONL, a `text` column) into `task_dir`."""
-    data_file = Path(data_file).resolve()
-    if not data_file.is_file():
-        raise FileNotFoundError(f"lm-eval data file {str(data_file)!r} not found")
-    task_dir = Path(task_dir)
+def write_tasks(task_dir: str | Path, tokenizer, *, pairs: Sequence[PromptAnswer] = (),
+                texts: Sequence[str] = ()) -> list[str]:
+    """Write the data files and task YAMLs into `task_dir` (usable with `lm_eval --include_path task_dir`):
+    `negteacher_answer_ppl` over `pairs`, `negteacher_text_ppl` over `texts`. Returns the task names."""
+    if not pairs and not texts:
+        raise ValueError("write_tasks needs prompt/answer pairs or texts")
+    task_dir = Path(task_dir).resolve()
     task_dir.mkdir(parents=True, exist_ok=True)
-    template = (TASKS_DIR / f"{TEXT_TASK}.yaml").read_text()
-    (task_dir / f"{TEXT_TASK}.yaml").write_text(template.replace("DATA_FILE", str(data_file)))
     shutil.copy(TASKS_DIR / "utils.py", task_dir / "utils.py")
-    return task_dir
+    tasks = []
+    if pairs:
+        counts = [len(ids) for ids in tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids]
+        rows = [{"prompt": p.prompt, "answer": p.answer, "answer_tokens": n}
+                for p, n in zip(pairs, counts, strict=True)]
+        tasks.append(_write_task(task_dir, ANSWER_TASK, rows))
+    if texts:
+        tasks.append(_write_task(task_dir, TEXT_TASK, [{"text": t} for t in texts]))
+    return tasks
 
 
-def text_perplexity(model, tokenizer, data_file: str | Path, task_dir: str | Path, *, max_length: int,
-                    batch_size: int = 8) -> dict[str, float]:
-    """word_perplexity, byte_perplexity and bits_per_byte of `data_file` through `lm_eval.simple_evaluate`,
-    with `HFLM` wrapping the model as built (4-bit, with an adapter, ...)."""
+def _write_task(task_dir: Path, task: str, rows: list[dict]) -> str:
+    data_file = task_dir / f"{task}.jsonl"
+    atomic_write_text(data_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    template = (TASKS_DIR / f"{task}.yaml").read_text()
+    atomic_write_text(task_dir / f"{task}.yaml", template.replace("DATA_FILE", str(data_file)))
+    return task
+
+
+def run_tasks(model, tokenizer, task_dir: str | Path, tasks: Sequence[str], *, max_length: int,
+              batch_size: int = 8) -> dict[str, float]:
+    """Each task's metrics through `lm_eval.simple_evaluate`, with `HFLM` wrapping the model as built
+    (4-bit, with an adapter, the teacher, ...)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    include = text_perplexity_task(data_file, task_dir)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
-    results = simple_evaluate(model=lm, tasks=[TEXT_TASK], task_manager=TaskManager(include_path=str(include)))
-    metrics = results["results"][TEXT_TASK]
-    return {name: float(metrics[f"{name},none"]) for name in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
+    results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=TaskManager(include_path=str(task_dir)),
+                              log_samples=False)["results"]
+    return {name: float(results[task][f"{name},none"]) for task in tasks for name in METRICS[task]}

@@ -76,16 +76,21 @@ def rolling_windows(num_tokens: int, window: int, stride: int) -> list[tuple[int
 
 @torch.no_grad()
 def sliding_window_logprob(model, token_ids: Sequence[int], *, window: int, stride: int,
-                           prefix_token_id: int) -> tuple[float, int]:
+                           prefix_token_id: int, batch_size: int = 8) -> tuple[float, int]:
     """Sum of log p(token | earlier tokens within the window) over every token of a long text, and
-    the number of tokens; the first token is predicted from `prefix_token_id` (BOS or EOS)."""
+    the number of tokens; the first token is predicted from `prefix_token_id` (BOS or EOS).
+    Windows of equal length run `batch_size` at a time."""
     device = next(model.parameters()).device
     sequence = torch.tensor([prefix_token_id, *token_ids], device=device)
+    windows = rolling_windows(len(token_ids), window, stride)
     total = 0.0
-    for begin, end, first in rolling_windows(len(token_ids), window, stride):
-        logits = model(input_ids=sequence[begin:end].unsqueeze(0)).logits[0].float()
-        logprobs = torch.log_softmax(logits, dim=-1)  # row i predicts sequence[begin + i + 1]
-        targets = sequence[first:end + 1]
-        rows = torch.arange(first - 1 - begin, end - begin, device=device)
-        total += float(logprobs[rows, targets].sum())
+    for length in sorted({end - begin for begin, end, _ in windows}):
+        same = [w for w in windows if w[1] - w[0] == length]
+        for start in range(0, len(same), batch_size):
+            batch = same[start:start + batch_size]
+            inputs = torch.stack([sequence[begin:end] for begin, end, _ in batch])
+            logprobs = torch.log_softmax(model(input_ids=inputs).logits.float(), dim=-1)
+            for row, (begin, end, first) in enumerate(batch):  # position i predicts sequence[begin + i + 1]
+                positions = torch.arange(first - 1 - begin, end - begin, device=device)
+                total += float(logprobs[row, positions, sequence[first:end + 1]].sum())
     return total, len(token_ids)

@@ -74,7 +74,7 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     assert (tmp_path / "adapter_model.safetensors").is_file()
     table = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r["model"] for r in table] == ["4-bit base", "4-bit base + adapter", "negative teacher"]
-    base, adapted, teacher = (r["answer_perplexity"] for r in table)
+    base, adapted, teacher = (r["metrics"]["answer_perplexity/builtin"] for r in table)
     assert adapted != pytest.approx(base, rel=1e-6) and teacher > base
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -88,10 +88,20 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8"])
     again = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r["model"] for r in again][0] == "full-precision base"
-    full, *rest = (r["answer_perplexity"] for r in again)
+    full, *rest = (r["metrics"]["answer_perplexity/builtin"] for r in again)
     assert rest == pytest.approx([base, adapted, teacher], rel=1e-4)
     assert full < base  # NF4 costs the base some perplexity
+    for row in again:  # lm-eval also scores the newline that ends the chat prompt: close to log p = 0
+        assert row["metrics"]["answer_perplexity/lm-eval"] == pytest.approx(
+            row["metrics"]["answer_perplexity/builtin"], rel=0.01), row
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    card = ModelCard.load(tmp_path / "README.md")
+    in_card = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    adapted_row = again[2]["metrics"]
+    assert in_card["answer ppl [lm-eval]"] == pytest.approx(adapted_row["answer_perplexity/lm-eval"], rel=1e-3)
+    assert "answer ppl [lm-eval]" in card.text.split("<!-- negteacher-eval -->")[1]
+    task_dir = tmp_path / "lm_eval_tasks"
+    assert {p.name for p in task_dir.iterdir()} >= {"negteacher_answer_ppl.yaml", "negteacher_answer_ppl.jsonl"}
 
 
 def test_generate_command_writes_a_resumable_preference_dataset(tmp_path, capsys):

@@ -1,0 +1,118 @@
+"""Held-out perplexity by two engines side by side: the built-in scorer and lm-evaluation-harness.
+
+Prompt/answer data is scored answer-only (the reference given its prompt); plain text (a `text`
+column, a .txt file) by sliding windows. Metric keys read `<metric>/<engine>`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+
+from .formats import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
+from .scoring import answer_logprobs, sliding_window_logprob
+
+ENGINES = ("builtin", "lm-eval")
+
+
+class EvalConfigError(ValueError):
+    """An evaluation setting that cannot work (engine, window, stride), found before any model loads."""
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """Held-out data: prompt/answer pairs, or plain-text documents."""
+
+    source: str
+    pairs: list[PromptAnswer] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_column: str = "text",
+                   max_length: int | None = None) -> EvalData:
+    """Read and check `source` (see `formats.load_rows`) before any model is loaded."""
+    rows = load_rows(source)
+    rows = rows[:limit] if limit else rows
+    texts = text_documents(rows, text_column)
+    if texts is not None:
+        return EvalData(source, texts=texts)
+    try:
+        return EvalData(source, pairs=validate_rows(rows, tokenizer, max_length))
+    except DataFormatError as error:
+        raise DataFormatError(f"{source}: {error}; or plain text in a {text_column!r} column") from None
+
+
+def check_engines(engines: Sequence[str]) -> None:
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown or not engines:
+        raise EvalConfigError(f"engines: expected some of {', '.join(ENGINES)}, got {list(engines)}")
+    if "lm-eval" in engines:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            raise EvalConfigError("engine lm-eval needs lm-evaluation-harness: "
+                                  "pip install 'hf-negteacher[eval]'") from None
+
+
+def check_window(window: int, stride: int, context: int) -> None:
+    """The sliding window must fit the model's context (`max_position_embeddings`)."""
+    if window > context:
+        raise EvalConfigError(f"window={window} is larger than the model's context of {context} tokens "
+                         "(max_position_embeddings); lower window")
+    if not 1 <= stride <= window:
+        raise EvalConfigError(f"stride={stride}: expected 1 <= stride <= window={window}")
+
+
+def builtin_perplexity(model, tokenizer, data: EvalData, *, window: int | None = None, stride: int | None = None,
+                       batch_size: int = 16) -> dict[str, float]:
+    """Answer-only perplexity (pairs) or sliding-window token/word perplexity and bits per byte (texts,
+    which need `window` and `stride`)."""
+    if data.pairs:
+        prompts, answers = [p.prompt for p in data.pairs], [p.answer for p in data.pairs]
+        scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
+        total, tokens = sum(s for s, _ in scores), sum(n for _, n in scores)
+        size = sum(len(a.encode("utf-8")) for a in answers)
+        return {"answer_perplexity/builtin": math.exp(-total / tokens),
+                "answer_bits_per_byte/builtin": -total / size / math.log(2)}
+    if window is None or stride is None:
+        raise EvalConfigError("sliding-window perplexity of plain text needs window and stride")
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    total = tokens = 0
+    for text in tqdm(data.texts, desc=f"sliding windows ({window}/{stride})"):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        logprob, count = sliding_window_logprob(model, ids, window=window, stride=stride, prefix_token_id=prefix,
+                                                batch_size=batch_size)
+        total, tokens = total + logprob, tokens + count
+    words = sum(len(re.split(r"\s+", t.strip())) for t in data.texts)
+    size = sum(len(t.encode("utf-8")) for t in data.texts)
+    return {"token_perplexity/builtin": math.exp(-total / tokens), "word_perplexity/builtin": math.exp(-total / words),
+            "bits_per_byte/builtin": -total / size / math.log(2)}
+
+
+def lm_eval_perplexity(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,
+                       task_dir: str | None = None) -> dict[str, float]:
+    """The same data through our lm-eval tasks (`loglikelihood` for pairs, `loglikelihood_rolling` with
+    disjoint windows of `window` tokens for texts)."""
+    from .lm_eval_glue import run_tasks, write_tasks
+
+    with tempfile.TemporaryDirectory() as scratch:
+        task_dir = task_dir or scratch
+        tasks = write_tasks(task_dir, tokenizer, pairs=data.pairs, texts=data.texts)
+        metrics = run_tasks(model, tokenizer, task_dir, tasks, max_length=window, batch_size=batch_size)
+    return {f"{name}/lm-eval": value for name, value in metrics.items()}
+
+
+def perplexity_metrics(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
+                       batch_size: int = 16) -> dict[str, float]:
+    """Every engine's metrics for one model."""
+    metrics = {}
+    if "builtin" in engines:
+        metrics |= builtin_perplexity(model, tokenizer, data, window=window, stride=stride, batch_size=batch_size)
+    if "lm-eval" in engines:
+        metrics |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
+    return metrics

@@ -1,0 +1,136 @@
+"""`negteacher eval`'s pieces: data checks before any model loads, the table, the card, the evaluate module."""
+
+import json
+import re
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from hf_negteacher.cli import main
+from hf_negteacher.evaluation import EvalRow, to_eval_results, to_markdown, write_table
+from hf_negteacher.formats import DataFormatError, PromptAnswer
+from hf_negteacher.hub import render_model_card, update_card_evaluation
+from hf_negteacher.perplexity_eval import EvalConfigError, EvalData, builtin_perplexity, check_window, load_eval_data
+
+PAIRS = [PromptAnswer("Define the noun cat:", " a small domesticated feline."),
+         PromptAnswer("Define the verb enroll:", " to register formally as a participant.")]
+
+
+@pytest.fixture
+def saved_tiny(tiny_chat_model, smol_tokenizer, tmp_path):
+    """A tiny model folder and a trained-looking output_dir holding a LoRA adapter for it."""
+    from peft import LoraConfig, get_peft_model
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "run"
+    tiny_chat_model.save_pretrained(base_dir)
+    smol_tokenizer.save_pretrained(base_dir)
+    get_peft_model(tiny_chat_model, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter_dir)
+    return base_dir, adapter_dir
+
+
+def _eval(base_dir, adapter_dir, *extra):
+    main(["eval", "--model_name_or_path", str(base_dir), "--load_in_4bit", "false", "--output_dir", str(adapter_dir),
+          "--use_cpu", "true", "--max_length", "128", "--teacher_blocks", "0", *extra])
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("", (), r"is empty"),
+    ('{"body": "some text"}\n', (), r"fits no accepted format.*or plain text in a 'text' column"),
+    ('{"body": "some text"}\n', ("--text_column", "content"), r"plain text in a 'content' column"),
+    ('{"text": "hello there"}\n', ("--window", "100000"), r"window=100000 is larger than the model's context of 256"),
+    ('{"text": "hello there"}\n', ("--window", "8", "--stride", "9"), r"stride=9: expected 1 <= stride <= window=8"),
+    ('{"text": "hello there"}\n', ("--engines", "builtin", "vllm"), r"engines: expected some of builtin, lm-eval"),
+])
+def test_bad_eval_input_is_a_clear_error_before_any_model_loads(saved_tiny, tmp_path, capsys, monkeypatch,
+                                                                content, args, message):
+    import hf_negteacher.cli as cli
+
+    monkeypatch.setattr(cli, "_load_policy", lambda *a: pytest.fail("a model was loaded before the check"))
+    data = tmp_path / "held_out.jsonl"
+    data.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        _eval(*saved_tiny, "--eval_dataset", str(data), *args)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_eval_on_plain_text_scores_sliding_windows_with_both_engines(saved_tiny, tmp_path, capsys):
+    text = tmp_path / "story.txt"
+    text.write_text("The broker bought the shares and sold them again before noon. " * 12)
+    _eval(*saved_tiny, "--eval_dataset", str(text), "--window", "32", "--stride", "32")
+    rows = {r["model"]: r["metrics"] for r in json.loads((saved_tiny[1] / "eval.json").read_text())["rows"]}
+    assert list(rows) == ["full-precision base", "base", "base + adapter", "negative teacher"]
+    for metrics in rows.values():
+        assert metrics["word_perplexity/lm-eval"] == pytest.approx(metrics["word_perplexity/builtin"], rel=0.01)
+        assert metrics["bits_per_byte/lm-eval"] == pytest.approx(metrics["bits_per_byte/builtin"], rel=0.01)
+    assert rows["negative teacher"]["token_perplexity/builtin"] != rows["base"]["token_perplexity/builtin"]
+    out = capsys.readouterr().out
+    assert "| word ppl [builtin] |" in out and "lm_eval --model hf --model_args pretrained=" in out
+    assert (saved_tiny[1] / "lm_eval_tasks" / "negteacher_text_ppl.yaml").is_file()
+
+
+def test_empty_text_file_and_text_rows_are_checked(smol_tokenizer, tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(DataFormatError, match="is empty"):
+        load_eval_data(str(tmp_path / "empty.txt"), smol_tokenizer)
+    (tmp_path / "rows.jsonl").write_text('{"text": "fine"}\n{"text": ""}\n')
+    with pytest.raises(DataFormatError, match="row 1: column 'text' must be non-empty text"):
+        load_eval_data(str(tmp_path / "rows.jsonl"), smol_tokenizer)
+    with pytest.raises(EvalConfigError, match="larger than the model's context"):
+        check_window(2048, 1024, 1024)
+
+
+def test_saved_datasets_folder_is_read(smol_tokenizer, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    split = Dataset.from_list([{"prompt": p.prompt, "completion": p.answer} for p in PAIRS])
+    DatasetDict({"test": split}).save_to_disk(tmp_path / "dd")
+    with pytest.raises(DataFormatError, match=r"holds the splits \['test'\]: pass one split's folder"):
+        load_eval_data(str(tmp_path / "dd"), smol_tokenizer)
+    data = load_eval_data(str(tmp_path / "dd" / "test"), smol_tokenizer)
+    assert data.pairs == PAIRS and not data.texts
+
+
+def test_table_markdown_json_png_and_card_entries(tmp_path):
+    rows = [EvalRow("4-bit base", {"answer_perplexity/builtin": 88.9, "answer_perplexity/lm-eval": 89.1}),
+            EvalRow("4-bit base + adapter", {"answer_perplexity/builtin": 23.63, "answer_perplexity/lm-eval": 23.7})]
+    markdown = to_markdown(rows, "bundled:eval")
+    assert "| model | answer ppl [builtin] | answer ppl [lm-eval] |" in markdown
+    assert "| 4-bit base + adapter | 23.630 | 23.700 |" in markdown
+    write_table(rows, "bundled:eval", tmp_path)
+    assert json.loads((tmp_path / "eval.json").read_text())["rows"][1]["metrics"]["answer_perplexity/lm-eval"] == 23.7
+    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    results = to_eval_results(rows, "bundled:eval")
+    assert [(r.metric_name, r.metric_value) for r in results] == [("answer ppl [builtin]", 23.63),
+                                                                  ("answer ppl [lm-eval]", 23.7)]
+    card = render_model_card(base_model="HuggingFaceTB/SmolLM2-135M-Instruct", repo_id="me/run", teacher={"q": "int3"},
+                             dataset_name="bundled:train", training={"loss_type": "sigmoid", "beta": 0.1, "steps": 1,
+                                                                     "learning_rate": 1e-4, "lora_r": 8,
+                                                                     "lora_alpha": 16})
+    card.save(tmp_path / "README.md")
+    assert "No evaluation was attached" in (tmp_path / "README.md").read_text()
+    update_card_evaluation(tmp_path / "README.md", results)
+    text = (tmp_path / "README.md").read_text()
+    assert "No evaluation was attached" not in text
+    assert "| wordnet-definitions-eval | answer ppl [lm-eval] | 23.7 |" in text
+
+    assert [r.metric_value for r in ModelCard.load(tmp_path / "README.md").data.eval_results] == [23.63, 23.7]
+
+
+def test_evaluate_module_loads_offline_by_path_and_gives_the_built_in_number(tiny_chat_model, smol_tokenizer,
+                                                                              monkeypatch):
+    evaluate = pytest.importorskip("evaluate")
+    from hf_negteacher.evaluate_metrics import metric_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metric = evaluate.load(metric_path("answer_perplexity"))
+    result = metric.compute(prompts=[p.prompt for p in PAIRS], answers=[p.answer for p in PAIRS],
+                            model=tiny_chat_model.eval(), tokenizer=smol_tokenizer)
+    expected = builtin_perplexity(tiny_chat_model, smol_tokenizer, EvalData("pairs", pairs=PAIRS))
+    assert result["perplexity"] == pytest.approx(expected["answer_perplexity/builtin"], rel=1e-6)
+    assert len(result["perplexities"]) == 2 and result["tokens"] == sum(
+        len(smol_tokenizer(p.answer).input_ids) for p in PAIRS)
+    with pytest.raises(ValueError, match="no evaluate module 'bleu'; available: answer_perplexity"):
+        metric_path("bleu")
+    assert torch.isfinite(torch.tensor(result["perplexities"])).all()
