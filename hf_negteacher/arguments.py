@@ -8,6 +8,7 @@ from trl import ModelConfig
 
 from .calibrate import DEFAULT_TARGET_RATIO
 from .models import DEFAULT_MODEL
+from .quality_eval import QualitySettings
 from .teacher_config import default_grid
 
 
@@ -75,3 +76,21 @@ class EvalArguments:
                 "as lm-eval's rolling loglikelihood does."})
     text_column: str = field(default="text", metadata={
         "help": "Column of plain-text data (scored by sliding windows); rows without it must be prompt/answer rows."})
+    quality: bool = field(default=True, metadata={
+        "help": "Also generate answers (ROUGE-L, chrF, length) and score held-out preference accuracy against "
+                "the teacher's negatives (prompt/answer data only)."})
+    generation_rows: int = field(default=100, metadata={"help": "Held-out rows to generate answers for."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Length limit of generated answers."})
+    num_samples: int = field(default=1, metadata={"help": "Answers per prompt (needs temperature > 0 when > 1)."})
+    temperature: float = field(default=0.0, metadata={"help": "Sampling temperature of the answers; 0 = greedy."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the answers (temperature > 0)."})
+    generation_seed: int = field(default=0, metadata={"help": "Seed of sampled answers."})
+    compare: list[str] | None = field(default=None, metadata={
+        "help": "Two trained output_dirs A B: every metric for both on the same rows, and A - B with a paired "
+                "bootstrap 95% interval; the report goes to output_dir."})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the paired bootstrap."})
+
+    def quality_settings(self, batch_size: int) -> QualitySettings:
+        return QualitySettings(generation_rows=self.generation_rows, max_new_tokens=self.max_new_tokens,
+                               num_samples=self.num_samples, temperature=self.temperature, top_p=self.top_p,
+                               seed=self.generation_seed, batch_size=batch_size)

@@ -141,24 +141,44 @@ def eval_command(argv: list[str]) -> None:
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from .evaluation import model_variants, score_models, to_eval_results, to_markdown, write_table
+    from .evaluation import (
+        adapter_variants,
+        compare_markdown,
+        model_variants,
+        score_variant,
+        to_eval_results,
+        to_markdown,
+        write_comparison,
+        write_generations,
+        write_table,
+    )
     from .hub import update_card_evaluation
     from .lm_eval_glue import write_tasks
     from .lowbit import build_negative_teacher
-    from .models import checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
-    from .perplexity_eval import check_engines, check_window, load_eval_data, perplexity_metrics
+    from .models import cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
+    from .perplexity_eval import check_engines, check_window, load_eval_data
+    from .quality_eval import heldout_negatives, paired_bootstrap
 
     model_args, data_args, args, eval_args = parse(
         (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig, EvalArguments), argv, "negteacher eval")
     if not data_args.eval_dataset:
         raise RecipeError("eval needs eval_dataset (e.g. --eval_dataset bundled:eval)")
-    adapter = Path(args.output_dir)
-    if not (adapter / "adapter_config.json").is_file():
-        raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
+    if eval_args.compare is not None and len(eval_args.compare) != 2:
+        raise RecipeError(f"compare: expected two trained output_dirs A B, got {eval_args.compare}")
+    adapters = [Path(a) for a in eval_args.compare] if eval_args.compare else [Path(args.output_dir)]
+    for adapter in adapters:
+        if not (adapter / "adapter_config.json").is_file():
+            raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
     check_engines(eval_args.engines)
+    batch_size = args.per_device_eval_batch_size
+    quality = eval_args.quality_settings(batch_size) if eval_args.quality else None
+    if quality is not None:
+        quality.check()
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     data = load_eval_data(data_args.eval_dataset, tokenizer, limit=data_args.num_eval_rows,
                           text_column=eval_args.text_column, max_length=args.max_length)
+    if data.texts and eval_args.compare:
+        raise RecipeError(f"compare needs prompt/answer rows; {data_args.eval_dataset} holds plain text")
     base_dir = resolve_source(model_args.model_name_or_path)
     context = AutoConfig.from_pretrained(base_dir).max_position_embeddings
     window = eval_args.window or min(context, 1024)
@@ -166,25 +186,50 @@ def eval_command(argv: list[str]) -> None:
     check_window(window, stride, context)
 
     base = _load_policy(model_args, args.use_cpu)
+    teacher_spec = args.teacher_config().to_spec()
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
-    model = PeftModel.from_pretrained(base, str(adapter)).eval()
-    full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
-    variants = model_variants(model, teacher=teacher, full_precision=full_precision)
-    table = score_models(variants, lambda m: perplexity_metrics(
-        m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
-        batch_size=args.per_device_eval_batch_size))
-    notes = [f"teacher: {args.teacher_config().to_spec()}"]
+    negatives = None
+    if quality is not None and data.pairs:
+        negatives = heldout_negatives(teacher, tokenizer, data.pairs, args.generation_settings(),
+                                      teacher_key=f"{teacher_spec}@{base_dir}", cache_dir=cache_dir())
+    names = [f"{label}: {a.name}" for label, a in zip("AB", adapters, strict=True)] if eval_args.compare else []
+    model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0] if names else "default").eval()
+    if eval_args.compare:
+        model.load_adapter(str(adapters[1]), adapter_name=names[1])
+        variants = adapter_variants(model, names)
+    else:
+        full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
+        variants = model_variants(model, teacher=teacher, full_precision=full_precision)
+    scores = [score_variant(m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
+                            batch_size=batch_size, quality=quality, negatives=negatives, name=name)
+              for name, m in variants]
+    table = [s.row for s in scores]
+
+    output_dir = Path(args.output_dir)
+    notes = [f"teacher: {teacher_spec}"]
     if data.texts:
         notes.append(f"built-in: windows of {window} tokens, stride {stride}; lm-eval: disjoint windows of {window}")
-    write_table(table, data_args.eval_dataset, adapter, notes)
-    if (adapter / "README.md").is_file():
-        update_card_evaluation(adapter / "README.md", to_eval_results(table, data_args.eval_dataset))
-    tasks = write_tasks(adapter / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
+    if quality is not None and data.pairs:
+        sampling = "greedy" if quality.temperature <= 0 else f"temperature {quality.temperature}, top_p {quality.top_p}"
+        notes.append(f"answers: first {min(quality.generation_rows, len(data.pairs))} rows, {sampling}, "
+                     f"{quality.num_samples} per prompt, at most {quality.max_new_tokens} new tokens; preference: "
+                     f"reference vs one teacher negative per row")
+        write_generations(output_dir / "generations.jsonl", data, scores, negatives)
+    write_table(table, data_args.eval_dataset, output_dir, notes)
     print(to_markdown(table, data_args.eval_dataset, notes))
-    print(f"\nwrote eval.md, eval.json, eval.png in {adapter}. The same tasks with the plain lm-eval command line "
-          f"(full-precision base + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},peft={adapter} "
-          f"--include_path {adapter / 'lm_eval_tasks'} --tasks {','.join(tasks)} --device cpu")
+    if eval_args.compare:
+        differences = paired_bootstrap(scores[0].rows, scores[1].rows, resamples=eval_args.bootstrap_resamples)
+        write_comparison(differences, names[0], names[1], output_dir)
+        print("\n" + compare_markdown(differences, names[0], names[1]))
+        print(f"\nwrote eval.*, compare.md/json/png and generations.jsonl in {output_dir}")
+        return
+    if (output_dir / "README.md").is_file():
+        update_card_evaluation(output_dir / "README.md", to_eval_results(table, data_args.eval_dataset))
+    tasks = write_tasks(output_dir / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
+    print(f"\nwrote eval.md, eval.json, eval.png in {output_dir}. The same tasks with the plain lm-eval command "
+          f"line (full-precision base + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},"
+          f"peft={output_dir} --include_path {output_dir / 'lm_eval_tasks'} --tasks {','.join(tasks)} --device cpu")
 
 
 def push_command(argv: list[str]) -> None:

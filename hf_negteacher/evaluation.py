@@ -3,6 +3,7 @@ on the same rows; markdown, JSON, a PNG chart and model-index entries for the ca
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,11 +13,15 @@ from huggingface_hub import EvalResult
 from .files import atomic_write, atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
 from .hub import dataset_label
-from .perplexity_eval import EvalData, builtin_perplexity
+from .perplexity_eval import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
+from .quality_eval import Difference, QualitySettings, RowScores, generation_rows, metrics, preference_rows
 
 LABELS = {
     "answer_perplexity": "answer ppl", "answer_bits_per_byte": "answer bits/byte", "token_perplexity": "token ppl",
     "word_perplexity": "word ppl", "byte_perplexity": "byte ppl", "bits_per_byte": "bits/byte",
+    "rougeL": "ROUGE-L", "chrF": "chrF", "words": "words", "empty_fraction": "empty", "cut_off_fraction": "cut off",
+    "preference_accuracy": "pref. acc.", "preference_accuracy_per_token": "pref. acc. per token",
+    "preference_margin": "pref. margin (nats)",
 }
 ADAPTER_SUFFIX = "+ adapter"
 
@@ -44,9 +49,98 @@ def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tupl
         yield "negative teacher", teacher
 
 
+def adapter_variants(model, adapter_names: Sequence[str]) -> Iterator[tuple[str, object]]:
+    """(name, model) with each of the PEFT model's loaded adapters active in turn."""
+    for name in adapter_names:
+        model.set_adapter(name)
+        yield name, model
+
+
 def score_models(variants: Iterable[tuple[str, object]], scorer: Callable[[object], Mapping[str, float]]
                  ) -> list[EvalRow]:
     return [EvalRow(name, dict(scorer(model))) for name, model in variants]
+
+
+@dataclass
+class ModelScores:
+    """One model's row of the table, its per-row scores (for paired comparisons) and its generations."""
+
+    row: EvalRow
+    rows: RowScores
+    generations: list[dict]
+
+
+def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
+                  batch_size: int, quality: QualitySettings | None = None,
+                  negatives: Sequence[str] | None = None, name: str = "model") -> ModelScores:
+    """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
+    generated-answer quality and (with `negatives`) held-out preference accuracy."""
+    if not data.pairs:
+        return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
+                                                            stride=stride, batch_size=batch_size)), {}, [])
+    rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
+    generations: list[dict] = []
+    if quality is not None:
+        rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality)
+        if negatives is not None:
+            rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
+    scored = metrics(rows)
+    if "lm-eval" in engines:
+        scored |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
+    return ModelScores(EvalRow(name, scored), rows, generations)
+
+
+def write_generations(path: str | Path, data: EvalData, scores: Sequence[ModelScores],
+                      negatives: Sequence[str] | None = None) -> None:
+    """One JSON line per prompt: the prompt, the reference, the teacher's negative, each model's answers."""
+    count = max((len(s.generations) for s in scores), default=0)
+    lines = []
+    for i, pair in enumerate(data.pairs[:count]):
+        record = {"row": i, "prompt": pair.prompt, "reference": pair.answer}
+        if negatives is not None:
+            record["teacher_negative"] = negatives[i]
+        record["models"] = {s.row.model: s.generations[i] for s in scores if i < len(s.generations)}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, confidence: float = 0.95) -> str:
+    lines = [f"A = {a}, B = {b}: A - B on the same rows, paired bootstrap {confidence:.0%} interval over rows", "",
+             "| metric | A | B | A - B | interval | |", "|---|---|---|---|---|---|"]
+    for key, d in differences.items():
+        verdict = "differs" if d.excludes_zero else "within noise"
+        lines.append(f"| {metric_label(key)} | {_format(d.a)} | {_format(d.b)} | {d.difference:+.4g} | "
+                     f"[{d.low:+.4g}, {d.high:+.4g}] | {verdict} |")
+    return "\n".join(lines)
+
+
+def write_comparison(differences: Mapping[str, Difference], a: str, b: str, output_dir: str | Path) -> None:
+    """`compare.md`, `compare.json` and `compare.png` (each difference with its interval) in `output_dir`."""
+    output_dir = Path(output_dir)
+    atomic_write_text(output_dir / "compare.md", compare_markdown(differences, a, b) + "\n")
+    atomic_write_json(output_dir / "compare.json",
+                      {"a": a, "b": b, "differences": {k: asdict(d) for k, d in differences.items()}})
+    atomic_write(output_dir / "compare.png", lambda path: _plot_differences(differences, a, b, path))
+
+
+def _plot_differences(differences: Mapping[str, Difference], a: str, b: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(differences), 1, figsize=(6, 0.7 * len(differences) + 1), squeeze=False)
+    for ax, (key, d) in zip(axes[:, 0], differences.items(), strict=True):
+        ax.errorbar([d.difference], [0], xerr=[[d.difference - d.low], [d.high - d.difference]], fmt="o",
+                    color="tab:red" if d.excludes_zero else "tab:gray", capsize=4)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks([])
+        ax.set_ylabel(metric_label(key), rotation=0, ha="right", va="center", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"{a} - {b}, 95% paired bootstrap", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
 
 
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,6 +129,14 @@ def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: 
         answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]
         results.extend(answers[i:i + num_return_sequences] for i in range(0, len(answers), num_return_sequences))
     return results
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Tokens that end an answer: EOS, padding, and the model's configured end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None and not (isinstance(i, float) and math.isnan(i)))
 
 
 def _cut_at_stop(ids: list[int], stops: set[int]) -> list[int]:

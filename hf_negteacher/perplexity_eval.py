@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .formats import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
@@ -73,12 +74,8 @@ def builtin_perplexity(model, tokenizer, data: EvalData, *, window: int | None =
     """Answer-only perplexity (pairs) or sliding-window token/word perplexity and bits per byte (texts,
     which need `window` and `stride`)."""
     if data.pairs:
-        prompts, answers = [p.prompt for p in data.pairs], [p.answer for p in data.pairs]
-        scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size, progress=True)
-        total, tokens = sum(s for s, _ in scores), sum(n for _, n in scores)
-        size = sum(len(a.encode("utf-8")) for a in answers)
-        return {"answer_perplexity/builtin": math.exp(-total / tokens),
-                "answer_bits_per_byte/builtin": -total / size / math.log(2)}
+        return {key: float(value[0]) for key, value in
+                answer_perplexity(answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)).items()}
     if window is None or stride is None:
         raise EvalConfigError("sliding-window perplexity of plain text needs window and stride")
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -92,6 +89,22 @@ def builtin_perplexity(model, tokenizer, data: EvalData, *, window: int | None =
     size = sum(len(t.encode("utf-8")) for t in data.texts)
     return {"token_perplexity/builtin": math.exp(-total / tokens), "word_perplexity/builtin": math.exp(-total / words),
             "bits_per_byte/builtin": -total / size / math.log(2)}
+
+
+def answer_rows(model, tokenizer, pairs: Sequence[PromptAnswer], *, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """Per row: the reference answer's summed log-probability given its prompt, its tokens and bytes."""
+    scores = answer_logprobs(model, tokenizer, [p.prompt for p in pairs], [p.answer for p in pairs],
+                             batch_size=batch_size, progress=True)
+    return {"answer_logprob": np.array([s for s, _ in scores]), "answer_tokens": np.array([n for _, n in scores]),
+            "answer_bytes": np.array([len(p.answer.encode("utf-8")) for p in pairs])}
+
+
+def answer_perplexity(rows: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Token-weighted answer perplexity and bits per byte over the rows `index` selects (resamples x rows)."""
+    index = np.arange(len(rows["answer_logprob"]))[None] if index is None else index
+    total = rows["answer_logprob"][index].sum(1)
+    return {"answer_perplexity/builtin": np.exp(-total / rows["answer_tokens"][index].sum(1)),
+            "answer_bits_per_byte/builtin": -total / rows["answer_bytes"][index].sum(1) / math.log(2)}
 
 
 def lm_eval_perplexity(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,

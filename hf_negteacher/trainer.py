@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ from .config import NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
 from .hub import last_logged_metrics, render_model_card
 from .lowbit import build_negative_teacher, inference_mode
-from .negatives import generate_negative_ids
+from .negatives import generate_negative_ids, stop_token_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs, perplexity
 
@@ -230,7 +229,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                 + 104_729 * self._calls_this_step)
         self._calls_this_step += 1
         self.generation_calls += 1
-        stop_ids = _stop_token_ids(self._tokenizer, self.teacher)
+        stop_ids = stop_token_ids(self._tokenizer, self.teacher)
         prompts = [e["prompt_ids"] for e in examples]
         with inference_mode(self.teacher):
             generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
@@ -293,9 +292,3 @@ def _example_key(example: dict) -> str:
 def _cut_suffix(ids: list[int], suffix: list[int]) -> list[int]:
     return ids[: len(ids) - len(suffix)] if suffix and ids[-len(suffix):] == suffix else list(ids)
 
-
-def _stop_token_ids(tokenizer, model) -> list[int]:
-    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None and not (isinstance(i, float) and math.isnan(i)))

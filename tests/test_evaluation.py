@@ -41,6 +41,10 @@ def _eval(base_dir, adapter_dir, *extra):
     ('{"text": "hello there"}\n', ("--window", "100000"), r"window=100000 is larger than the model's context of 256"),
     ('{"text": "hello there"}\n', ("--window", "8", "--stride", "9"), r"stride=9: expected 1 <= stride <= window=8"),
     ('{"text": "hello there"}\n', ("--engines", "builtin", "vllm"), r"engines: expected some of builtin, lm-eval"),
+    ('{"prompt": "Define cat:", "completion": " a cat"}\n', ("--max_new_tokens", "0"),
+     r"max_new_tokens=0: expected a positive integer"),
+    ('{"prompt": " ", "completion": " a cat"}\n', (), r"row 0: a row has an empty prompt"),
+    ('{"text": "hello there"}\n', ("--compare", "RUN", "RUN"), r"compare needs prompt/answer rows"),
 ])
 def test_bad_eval_input_is_a_clear_error_before_any_model_loads(saved_tiny, tmp_path, capsys, monkeypatch,
                                                                 content, args, message):
@@ -49,6 +53,7 @@ def test_bad_eval_input_is_a_clear_error_before_any_model_loads(saved_tiny, tmp_
     monkeypatch.setattr(cli, "_load_policy", lambda *a: pytest.fail("a model was loaded before the check"))
     data = tmp_path / "held_out.jsonl"
     data.write_text(content)
+    args = [str(saved_tiny[1]) if a == "RUN" else a for a in args]
     with pytest.raises(SystemExit) as exit_info:
         _eval(*saved_tiny, "--eval_dataset", str(data), *args)
     assert exit_info.value.code == 2
@@ -134,3 +139,48 @@ def test_evaluate_module_loads_offline_by_path_and_gives_the_built_in_number(tin
     with pytest.raises(ValueError, match="no evaluate module 'bleu'; available: answer_perplexity"):
         metric_path("bleu")
     assert torch.isfinite(torch.tensor(result["perplexities"])).all()
+
+
+QA_ROWS = [{"prompt": f"Define the word {w}:", "completion": f" {d}"} for w, d in [
+    ("cat", "a small domesticated feline"), ("enroll", "to register formally"), ("broker", "an agent who buys"),
+    ("noon", "the middle of the day"), ("shard", "a broken piece of glass")]]
+
+
+def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two_runs(
+        saved_tiny, tiny_chat_model, tmp_path, capsys, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setenv("NEGTEACHER_CACHE", str(tmp_path / "cache"))
+    base_dir, run_a = saved_tiny
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
+    quality = ["--eval_dataset", str(data), "--engines", "builtin", "--generation_rows", "3", "--max_new_tokens", "6",
+               "--negatives_max_new_tokens", "6"]
+    _eval(base_dir, run_a, *quality)
+    rows = {r["model"]: r["metrics"] for r in json.loads((run_a / "eval.json").read_text())["rows"]}
+    for metrics in rows.values():
+        assert {"answer_perplexity/builtin", "rougeL", "chrF", "words", "cut_off_fraction", "preference_accuracy",
+                "preference_margin"} <= set(metrics)
+        assert 0 <= metrics["rougeL"] <= 1 and 0 <= metrics["preference_accuracy"] <= 1
+    generations = [json.loads(line) for line in (run_a / "generations.jsonl").read_text().splitlines()]
+    assert [g["row"] for g in generations] == [0, 1, 2]  # one row per prompt, --generation_rows of them
+    assert generations[0]["reference"] == QA_ROWS[0]["completion"] and "teacher_negative" in generations[0]
+    assert len(generations[0]["models"]) == 4 and len(generations[0]["models"]["base + adapter"]["answers"]) == 1
+    assert len(list((tmp_path / "cache" / "heldout_negatives").iterdir())) == 1  # cached once, keyed by teacher
+    in_card = {r.metric_name: r.metric_value for r in ModelCard.load(run_a / "README.md").data.eval_results}
+    assert in_card["ROUGE-L"] == pytest.approx(rows["base + adapter"]["rougeL"], abs=1e-4)  # PEFT's own card
+
+    run_b = tmp_path / "run_b"
+    torch.manual_seed(3)
+    get_peft_model(tiny_chat_model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+                   ).save_pretrained(run_b)
+    report = tmp_path / "report"
+    _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_b), "--bootstrap_resamples", "200")
+    compare = json.loads((report / "compare.json").read_text())["differences"]
+    assert compare["answer_perplexity/builtin"]["difference"] != 0
+    assert (report / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| ROUGE-L |" in (report / "compare.md").read_text()
+    _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_a), "--bootstrap_resamples", "200")
+    same = json.loads((report / "compare.json").read_text())["differences"]
+    assert all((d["difference"], d["low"], d["high"]) == (0, 0, 0) for d in same.values())
+    assert "within noise" in capsys.readouterr().out

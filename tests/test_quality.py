@@ -1,0 +1,80 @@
+"""Generated-answer metrics, held-out preference accuracy and the paired bootstrap."""
+
+import numpy as np
+import pytest
+
+from hf_negteacher.answer_metrics import answer_quality, chrf, rouge_l
+from hf_negteacher.formats import PromptAnswer
+from hf_negteacher.quality_eval import metrics, paired_bootstrap, preference_rows
+from hf_negteacher.scoring import answer_logprobs
+
+
+def test_rouge_l_and_chrf_equal_hand_computed_values():
+    # LCS("the cat sat", "the cat sat on the mat") = 3 words: P = 3/3, R = 3/6, F = 2PR / (P + R) = 2/3
+    assert rouge_l("the cat sat", "the cat sat on the mat") == pytest.approx(2 / 3)
+    assert rouge_l("The Cat", "the cat") == pytest.approx(1.0)  # lower-cased words
+    assert rouge_l("dog", "the cat") == 0.0
+    # chrF, hyp "ab" vs ref "abc": 1-grams P = 2/2, R = 2/3; 2-grams P = 1/1, R = 1/2; no 3-grams in hyp.
+    # Averages over those 2 orders: P = 1, R = 7/12; F(beta=2) = 5PR / (4P + R) = 35/55
+    assert chrf("ab", "abc") == pytest.approx(100 * 35 / 55)
+    assert chrf("a b c", "abc") == pytest.approx(100.0)  # whitespace is ignored
+    scores = answer_quality(["the cat sat", ""], ["the cat sat on the mat", "x"])
+    assert scores["words"] == [3.0, 0.0] and scores["empty"] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        answer_quality(["a", "b"], ["a"])
+
+
+def test_preference_accuracy_on_planted_pairs_gives_the_known_answer(tiny_chat_model, smol_tokenizer):
+    # A continuation's summed log-probability only falls as tokens are added, so a negative that extends the
+    # reference always loses (row 0) and a negative that the reference extends always wins (row 1).
+    pairs = [PromptAnswer("Define cat:", " a small feline"), PromptAnswer("Define dog:", " a loyal canine and more")]
+    negatives = [" a small feline and more", " a loyal canine", ""]
+    rows = preference_rows(tiny_chat_model, smol_tokenizer, pairs + [PromptAnswer("x:", " y")], negatives)
+    assert rows["preference_correct"].tolist() == [1.0, 0.0]  # the empty negative's row is left out
+    reference = answer_logprobs(tiny_chat_model, smol_tokenizer, [p.prompt for p in pairs], [p.answer for p in pairs])
+    negative = answer_logprobs(tiny_chat_model, smol_tokenizer, [p.prompt for p in pairs], negatives[:2])
+    expected_margin = np.mean([r[0] - n[0] for r, n in zip(reference, negative, strict=True)])
+    scored = metrics({"preference": rows})
+    assert scored["preference_accuracy"] == 0.5
+    assert scored["preference_margin"] == pytest.approx(expected_margin, rel=1e-5)
+    per_token = [r[0] / r[1] > n[0] / n[1] for r, n in zip(reference, negative, strict=True)]
+    assert scored["preference_accuracy_per_token"] == pytest.approx(np.mean(per_token))
+
+
+def _synthetic(rng, mean, n=400):
+    return {"generation": {"rougeL": rng.normal(mean, 0.1, n), "chrF": rng.normal(40, 5, n),
+                           "words": rng.normal(9, 2, n), "empty": np.zeros(n), "cut_off": np.zeros(n)},
+            "answers": {"answer_logprob": rng.normal(-30, 3, n), "answer_tokens": np.full(n, 10),
+                        "answer_bytes": np.full(n, 40)}}
+
+
+def test_bootstrap_of_a_model_against_itself_is_exactly_zero():
+    scores = _synthetic(np.random.default_rng(0), 0.2)
+    for difference in paired_bootstrap(scores, scores, resamples=200).values():
+        assert (difference.difference, difference.low, difference.high) == (0.0, 0.0, 0.0)
+        assert not difference.excludes_zero
+
+
+def test_bootstrap_interval_covers_the_true_difference_of_synthetic_models():
+    rng = np.random.default_rng(1)
+    intervals = [paired_bootstrap(_synthetic(rng, 0.30, 100), _synthetic(rng, 0.20, 100), resamples=400,
+                                  seed=trial)["rougeL"] for trial in range(200)]
+    coverage = np.mean([d.low < 0.10 < d.high for d in intervals])
+    assert 0.90 <= coverage <= 0.99  # a 95% interval: about 190 of 200 cover the true 0.10
+    assert all(d.excludes_zero for d in intervals)  # 0.10 is ~7 standard errors away from 0
+    same_mean = paired_bootstrap(_synthetic(rng, 0.2), _synthetic(rng, 0.2), resamples=2000)["rougeL"]
+    assert same_mean.low < 0 < same_mean.high
+    with pytest.raises(ValueError, match="different row groups"):
+        paired_bootstrap(_synthetic(rng, 0.2), {"answers": _synthetic(rng, 0.2)["answers"]})
+
+
+def test_answer_quality_evaluate_module_loads_offline_by_path(monkeypatch):
+    evaluate = pytest.importorskip("evaluate")
+    from hf_negteacher.evaluate_metrics import metric_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = evaluate.load(metric_path("answer_quality")).compute(
+        predictions=["the cat sat", "ab"], references=["the cat sat on the mat", "abc"])
+    assert result["rougeL_per_answer"][0] == pytest.approx(2 / 3)
+    assert result["chrF"] == pytest.approx((chrf("the cat sat", "the cat sat on the mat") + 100 * 35 / 55) / 2)
+    assert result["words"] == 2.0 and result["empty_fraction"] == 0.0
