@@ -42,6 +42,10 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "lambda in W + lambda (Q(W) - W), in (0, 1]."})
     teacher_activation_bits: int | None = field(default=None, metadata={
         "help": "Per-token activation bits (default 8 for ternary, off otherwise; 0: off)."})
+    teacher_dequantize_once: bool | None = field(default=None, metadata={
+        "help": "Dequantize the packed layers once per generate call rather than at every decoding step: about "
+                "1.6x faster teacher generation on CPU, at the price of a transient full-precision copy of those "
+                "layers (default: on without CUDA, off on GPU)."})
 
     negatives_mode: str = field(default="online", metadata={
         "help": "online: the teacher generates rejected answers inside the training loop; offline: a preference "
@@ -67,6 +71,8 @@ class NegativeTeacherConfig(DPOConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16:  # TRL turns bf16 on by default, which fails on CPU-only machines
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if self.teacher_dequantize_once is None:
+            self.teacher_dequantize_once = not torch.cuda.is_available()
         super().__post_init__()
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")

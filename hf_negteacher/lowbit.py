@@ -48,6 +48,8 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.base = base if self.strength < 1.0 else None
         self.requires_grad_(False)
+        self.keep_dequantized = False  # set by `materialized` for the length of a generate call
+        self._dequantized: torch.Tensor | None = None
 
     def codes(self) -> torch.Tensor:
         return unpack_codes(self.packed, self.bits, (self.out_features, self.in_features))
@@ -56,7 +58,12 @@ class PackedLinear(nn.Module):
         return dequantize(self.codes(), self.scales, self.offset, self.quantizer, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.dequantized_weight(x.dtype)
+        if not self.keep_dequantized:
+            weight = self.dequantized_weight(x.dtype)
+        else:
+            if self._dequantized is None or self._dequantized.dtype != x.dtype:
+                self._dequantized = self.dequantized_weight(x.dtype)
+            weight = self._dequantized
         x_in = fake_quantize_activations(x, self.activation_bits) if self.activation_bits else x
         bias = None if self.bias is None else self.bias.to(x.dtype)
         y = F.linear(x_in, weight, bias)
@@ -123,6 +130,20 @@ def inference_mode(teacher: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes:
             module.training = training
+
+
+@contextlib.contextmanager
+def materialized(teacher: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Dequantize each packed layer once and keep it until the block ends (one `generate` call), instead
+    of at every forward: faster decoding, at the price of a transient full-precision copy of those layers."""
+    layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)] if enabled else []
+    try:
+        for layer in layers:
+            layer.keep_dequantized = True
+        yield teacher
+    finally:
+        for layer in layers:
+            layer.keep_dequantized, layer._dequantized = False, None
 
 
 def memory_report(teacher: nn.Module) -> dict[str, float]:

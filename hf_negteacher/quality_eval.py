@@ -99,9 +99,9 @@ def heldout_negatives(teacher, tokenizer, pairs: Sequence[PromptAnswer], setting
     path = Path(cache_dir) / "heldout_negatives" / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["negatives"]
-    from .lowbit import inference_mode
+    from .lowbit import inference_mode, materialized
 
-    with inference_mode(teacher):
+    with inference_mode(teacher), materialized(teacher):
         negatives = generate_answers(teacher, tokenizer, [p.prompt for p in pairs], settings, progress=True,
                                      desc="held-out negatives")
     atomic_write_json(path, {"teacher": teacher_key, "settings": asdict(settings), "negatives": negatives})

@@ -20,7 +20,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from .config import NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
 from .hub import last_logged_metrics, render_model_card
-from .lowbit import build_negative_teacher, inference_mode
+from .lowbit import build_negative_teacher, inference_mode, materialized
 from .negatives import generate_negative_ids, stop_token_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs, perplexity
@@ -118,11 +118,12 @@ class NegativeTeacherTrainer(DPOTrainer):
         path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
         if split != "train":
             path = path.with_name(f"{path.stem}.{split}{path.suffix}")
-        meta = generate_preference_dataset(
-            self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
-            teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
-            negative_filter=self.negative_filter, keep_dataset_rejected=args.keep_dataset_rejected,
-        )
+        with materialized(self.teacher, args.teacher_dequantize_once):
+            meta = generate_preference_dataset(
+                self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
+                teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
+                negative_filter=self.negative_filter, keep_dataset_rejected=args.keep_dataset_rejected,
+            )
         if split == "train":
             self.negatives_meta = meta
         generated = load_jsonl(path)
@@ -231,18 +232,16 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.generation_calls += 1
         stop_ids = stop_token_ids(self._tokenizer, self.teacher)
         prompts = [e["prompt_ids"] for e in examples]
-        with inference_mode(self.teacher):
+        references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        with inference_mode(self.teacher), materialized(self.teacher, args.teacher_dequantize_once):
             generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
                                               pad_token_id=self._tokenizer.pad_token_id, stop_token_ids=stop_ids,
                                               num_return_sequences=args.num_negatives)
-        for example, key, candidates in zip(examples, keys, generated, strict=True):
-            reference = _cut_suffix(example["chosen_ids"], example["rejected_ids"])
-            kept = self.negative_filter.apply(candidates, reference)
-            self._negative_cache[key] = (self.state.global_step, kept, candidates)
-        references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
-        with inference_mode(self.teacher):
             scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=self._tokenizer.pad_token_id,
                                          batch_size=settings.batch_size)
+        for key, reference, candidates in zip(keys, references, generated, strict=True):
+            kept = self.negative_filter.apply(candidates, reference)
+            self._negative_cache[key] = (self.state.global_step, kept, candidates)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["teacher/reference_ppl"].append(perplexity(scores))
         self._generation_seconds += time.perf_counter() - start

@@ -183,3 +183,20 @@ def test_model_without_linear_layers_is_rejected():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=32))
     with pytest.raises(TeacherConfigError, match=r"GPT2LMHeadModel has no nn.Linear layers inside its decoder"):
         build_negative_teacher(gpt2, "ternary")
+
+
+def test_dequantizing_once_per_generate_call_gives_the_same_outputs_and_frees_the_copy(tiny_llama):
+    from hf_negteacher.lowbit import materialized
+
+    teacher = build_negative_teacher(tiny_llama, "int3")
+    ids = torch.tensor([[1, 5, 9, 2, 7]])
+    with torch.no_grad():
+        expected = teacher(input_ids=ids).logits
+        with materialized(teacher):
+            cached = teacher(input_ids=ids).logits
+            again = teacher(input_ids=ids).logits
+            layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
+            assert all(m._dequantized is not None for m in layers)
+    torch.testing.assert_close(cached, expected)
+    torch.testing.assert_close(again, expected)
+    assert all(m._dequantized is None and not m.keep_dequantized for m in layers)
