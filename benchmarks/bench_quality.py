@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from peft import LoraConfig, PeftModel
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
@@ -59,7 +60,7 @@ def fixed_negative_rows(rows: list[dict], rejected: list[str], source: str) -> l
 
 
 def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool, tokenizer, weights, work: Path):
-    common = dict(output_dir=str(work), use_cpu=True, bf16=False, seed=seed, max_steps=steps,
+    common = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
@@ -162,7 +163,8 @@ def main() -> None:
         atomic_write_json(base_file, score(base, tokenizer, data, quality, negatives))
     base_result = json.loads(base_file.read_text())
     del teacher
-    sections = [f"policy: SmolLM2-135M-Instruct, {'NF4' if nf4 else 'full-precision (fp32)'} base + LoRA r16; "
+    sections = [f"policy: SmolLM2-135M-Instruct, {'NF4' if nf4 else 'full-precision (fp32)'} base + LoRA r16 on "
+                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
                 f"batch 4, lr 2e-4, loss sigmoid+sft (SFT: sft only); held-out: {eval_rows} rows (ppl, preference "
                 f"vs one {DEFAULT_TEACHER} negative each), {quality.generation_rows} generated greedily"]
     for steps in budgets:

@@ -141,14 +141,13 @@ def eval_command(argv: list[str]) -> None:
     from peft import PeftModel
     from transformers import AutoConfig
 
+    from .comparison import compare_markdown, write_comparison
     from .evaluation import (
         adapter_variants,
-        compare_markdown,
         model_variants,
         score_variant,
         to_eval_results,
         to_markdown,
-        write_comparison,
         write_generations,
         write_table,
     )

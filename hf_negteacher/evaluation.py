@@ -14,7 +14,7 @@ from .files import atomic_write, atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
 from .hub import dataset_label
 from .perplexity_eval import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
-from .quality_eval import Difference, QualitySettings, RowScores, generation_rows, metrics, preference_rows
+from .quality_eval import QualitySettings, RowScores, generation_rows, metrics, preference_rows
 
 LABELS = {
     "answer_perplexity": "answer ppl", "answer_bits_per_byte": "answer bits/byte", "token_perplexity": "token ppl",
@@ -104,45 +104,6 @@ def write_generations(path: str | Path, data: EvalData, scores: Sequence[ModelSc
     atomic_write_text(path, "".join(lines))
 
 
-def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, confidence: float = 0.95) -> str:
-    lines = [f"A = {a}, B = {b}: A - B on the same rows, paired bootstrap {confidence:.0%} interval over rows", "",
-             "| metric | A | B | A - B | interval | |", "|---|---|---|---|---|---|"]
-    for key, d in differences.items():
-        verdict = "differs" if d.excludes_zero else "within noise"
-        lines.append(f"| {metric_label(key)} | {_format(d.a)} | {_format(d.b)} | {d.difference:+.4g} | "
-                     f"[{d.low:+.4g}, {d.high:+.4g}] | {verdict} |")
-    return "\n".join(lines)
-
-
-def write_comparison(differences: Mapping[str, Difference], a: str, b: str, output_dir: str | Path) -> None:
-    """`compare.md`, `compare.json` and `compare.png` (each difference with its interval) in `output_dir`."""
-    output_dir = Path(output_dir)
-    atomic_write_text(output_dir / "compare.md", compare_markdown(differences, a, b) + "\n")
-    atomic_write_json(output_dir / "compare.json",
-                      {"a": a, "b": b, "differences": {k: asdict(d) for k, d in differences.items()}})
-    atomic_write(output_dir / "compare.png", lambda path: _plot_differences(differences, a, b, path))
-
-
-def _plot_differences(differences: Mapping[str, Difference], a: str, b: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(differences), 1, figsize=(6, 0.7 * len(differences) + 1), squeeze=False)
-    for ax, (key, d) in zip(axes[:, 0], differences.items(), strict=True):
-        ax.errorbar([d.difference], [0], xerr=[[d.difference - d.low], [d.high - d.difference]], fmt="o",
-                    color="tab:red" if d.excludes_zero else "tab:gray", capsize=4)
-        ax.axvline(0, color="black", linewidth=0.8)
-        ax.set_yticks([])
-        ax.set_ylabel(metric_label(key), rotation=0, ha="right", va="center", fontsize=8)
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{a} - {b}, 95% paired bootstrap", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-
-
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
                              full_precision=None, batch_size: int = 16) -> list[EvalRow]:
     """Built-in held-out answer perplexity of every variant (the table written after training)."""
@@ -160,7 +121,7 @@ def _columns(rows: Sequence[EvalRow]) -> list[str]:
     return list(dict.fromkeys(key for row in rows for key in row.metrics))
 
 
-def _format(value: float) -> str:
+def format_value(value: float) -> str:
     return f"{value:.4g}" if abs(value) >= 1000 else f"{value:.3f}" if abs(value) >= 1 else f"{value:.4f}"
 
 
@@ -169,7 +130,7 @@ def to_markdown(rows: Sequence[EvalRow], dataset: str, notes: Sequence[str] = ()
     lines = [f"held-out evaluation on {dataset}", *notes, "",
              "| model | " + " | ".join(metric_label(c) for c in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
-    lines += ["| " + " | ".join([r.model, *(_format(r.metrics[c]) if c in r.metrics else "-" for c in columns)])
+    lines += ["| " + " | ".join([r.model, *(format_value(r.metrics[c]) if c in r.metrics else "-" for c in columns)])
               + " |" for r in rows]
     return "\n".join(lines)
 
