@@ -1,0 +1,160 @@
+"""What the negative teacher costs: online generation overhead, and peak memory of the training process.
+
+    python benchmarks/bench_cost.py [--steps 8] [--memory-steps 3]
+
+Online overhead: NegativeTeacherTrainer at the default recipe's settings (NF4 SmolLM2-135M, LoRA r16,
+batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with
+and without dequantizing the teacher once per generate call, and with repeated examples at
+refresh_every 1 and 3 (the share is the mean of the per-step `negatives/generation_time_share`). Memory:
+peak resident set size while training, in separate processes (2 steps each): trl.DPOTrainer on the 4-bit
+policy alone and NegativeTeacherTrainer with the packed teacher, both on the same cached teacher pairs; the
+packed teacher and a naive full-precision teacher copy generating online. Linux only (/proc/self/status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from peft import LoraConfig
+
+from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
+from hf_negteacher.formats import load_jsonl, load_rows
+from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+
+COMMON = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, max_length=128, gradient_checkpointing=False,
+              learning_rate=2e-4, report_to=[], save_strategy="no", logging_steps=1, seed=0,
+              negatives_max_new_tokens=32, negatives_temperature=0.7)
+MEMORY_CASES = {
+    "dpo-policy-only": "trl.DPOTrainer, 4-bit policy alone, cached teacher pairs",
+    "packed-offline": "NegativeTeacherTrainer + packed teacher int3 blocks 0-14, same cached pairs",
+    "packed-online": "NegativeTeacherTrainer + packed teacher, online negatives (CPU defaults)",
+    "naive-fp32-copy": "NegativeTeacherTrainer + a full-precision (fp32) teacher copy, online negatives",
+}
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+
+
+def online_run(tokenizer, weights, rows, steps: int, **overrides) -> tuple[float, float]:
+    """(seconds per step, share of training time spent generating negatives)."""
+    with tempfile.TemporaryDirectory() as work:
+        args = NegativeTeacherConfig(output_dir=work, max_steps=steps, **{**COMMON, **overrides})
+        trainer = NegativeTeacherTrainer(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()), args, rows,
+                                         processing_class=tokenizer, peft_config=lora(), teacher_weights=weights)
+        start = time.perf_counter()
+        trainer.train()
+        total = time.perf_counter() - start
+    shares = [entry["negatives/generation_time_share"] for entry in trainer.state.log_history
+              if "negatives/generation_time_share" in entry]
+    return total / steps, sum(shares) / len(shares)
+
+
+def memory_case(case: str, steps: int, pairs_file: str) -> None:
+    """Run one memory case in this process and print its resident memory after setup and peak while training."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    pairs = load_jsonl(pairs_file)
+    policy = load_causal_lm(DEFAULT_MODEL, quantization=nf4_config())
+    with tempfile.TemporaryDirectory() as work:
+        if case == "dpo-policy-only":
+            plain = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+            common = {k: v for k, v in COMMON.items() if not k.startswith("negatives_")}
+            trainer = DPOTrainer(policy, args=DPOConfig(output_dir=work, max_steps=steps, loss_type=["sigmoid", "sft"],
+                                                        **common),
+                                 train_dataset=Dataset.from_list(plain), processing_class=tokenizer, peft_config=lora())
+        else:
+            online = case != "packed-offline"
+            teacher = load_causal_lm(DEFAULT_MODEL).eval().requires_grad_(False) if case == "naive-fp32-copy" else None
+            mode = "online" if online else "offline"
+            args = NegativeTeacherConfig(output_dir=work, max_steps=steps, negatives_mode=mode, **COMMON)
+            rows = load_rows("bundled:train")[: 4 * steps] if online else pairs
+            trainer = NegativeTeacherTrainer(policy, args, rows, processing_class=tokenizer, peft_config=lora(),
+                                             teacher=teacher, teacher_weights=checkpoint_weights(DEFAULT_MODEL))
+        gc.collect()
+        setup = _status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+        trainer.train()
+        print(f"SETUP_RSS_MIB {setup:.1f}")
+    print(f"PEAK_RSS_MIB {_status_mib('VmHWM'):.1f}")
+
+
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (Linux), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--memory-steps", type=int, default=2)
+    parser.add_argument("--parts", nargs="+", choices=["online", "memory"], default=["online", "memory"])
+    parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case:
+        memory_case(args.memory_case, args.memory_steps, args.pairs_file)
+        return
+    print("NF4 SmolLM2-135M + LoRA r16, batch 4, max_length 128, CPU")
+    if "memory" in args.parts:
+        print_memory(args.memory_steps)
+    if "online" in args.parts:
+        print_online(args.steps)
+
+
+def print_memory(steps: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    # The teacher's negatives for the first 4 * steps rows, generated once; the fixed-pair cases train on them.
+    NegativeTeacherTrainer(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()),
+                           NegativeTeacherConfig(output_dir=str(work), negatives_mode="offline", max_steps=1, **COMMON),
+                           load_rows("bundled:train")[: 4 * steps], processing_class=load_tokenizer(DEFAULT_MODEL),
+                           peft_config=lora(), teacher_weights=checkpoint_weights(DEFAULT_MODEL))
+    setup, peaks = {}, {}
+    for case in MEMORY_CASES:
+        command = [sys.executable, __file__, "--memory-case", case, "--memory-steps", str(steps),
+                   "--pairs-file", str(work / "negatives.jsonl")]
+        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        setup[case] = float(out.split("SETUP_RSS_MIB")[-1].split()[0])
+        peaks[case] = float(out.split("PEAK_RSS_MIB")[-1].split()[0])
+    base = peaks["dpo-policy-only"]
+    print(f"\nResident memory of the training process ({steps} steps, separate processes; the peak is taken over "
+          "the training steps, after loading)\n")
+    print("| run | resident after setup (MiB) | peak while training (MiB) | peak / policy-only | added |")
+    print("|---|---|---|---|---|")
+    for case, label in MEMORY_CASES.items():
+        print(f"| {label} | {setup[case]:.0f} | {peaks[case]:.0f} | {peaks[case] / base:.2f}x | "
+              f"{peaks[case] - base:+.0f} MiB |")
+
+
+def print_online(steps: int) -> None:
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    weights = checkpoint_weights(DEFAULT_MODEL)
+    rows = load_rows("bundled:train")[: 4 * steps]
+    repeated = rows[: 4 * steps // 3 + 1] * 3  # each example seen about 3 times
+    online = {
+        "default (each example once), dequantize per forward": online_run(
+            tokenizer, weights, rows, steps, teacher_dequantize_once=False),
+        "default (each example once), dequantize once per generate": online_run(
+            tokenizer, weights, rows, steps, teacher_dequantize_once=True),
+        "examples seen ~3 times, refresh_every 1": online_run(tokenizer, weights, repeated, steps),
+        "examples seen ~3 times, refresh_every 3": online_run(tokenizer, weights, repeated, steps, refresh_every=3),
+    }
+    print(f"\nOnline negatives, {steps} steps each (teacher int3 blocks 0-14, 32-token negatives)\n")
+    print("| setting | s/step | share of step time generating |\n|---|---|---|")
+    for name, (per_step, share) in online.items():
+        print(f"| {name} | {per_step:.2f} | {share:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
