@@ -9,6 +9,7 @@ from trl import DPOConfig
 
 from .negatives import GenerationSettings, NegativeFilter
 from .teacher_config import TeacherConfig
+from .token_loss import TEACHER_UNLIKELIHOOD
 
 NEGATIVES_MODES = ("online", "offline")
 
@@ -28,7 +29,12 @@ class NegativeTeacherConfig(DPOConfig):
 
     learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (LoRA scale)."})
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"], metadata={
-        "help": "TRL DPO loss types, combined with `loss_weights`; default: DPO sigmoid + SFT on the reference."})
+        "help": "TRL DPO loss types, combined with `loss_weights`; default: DPO sigmoid + SFT on the reference. "
+                "Also teacher_unlikelihood: the teacher's likeliest wrong next tokens on the reference, pushed "
+                "down (no generation; needs another loss type beside it, e.g. [sft, teacher_unlikelihood])."})
+    teacher_token_top_k: int = field(default=1, metadata={
+        "help": "teacher_unlikelihood: the teacher's k most likely next tokens at each reference position (the "
+                "reference token excepted) are pushed down."})
 
     teacher_quantizer: str = field(default="int3", metadata={
         "help": "Low-bit quantizer of the teacher: ternary, binary, int2, int3, int4."})
@@ -76,7 +82,11 @@ class NegativeTeacherConfig(DPOConfig):
         super().__post_init__()
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
-        for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size"):
+        if set(self.loss_type) == {TEACHER_UNLIKELIHOOD}:
+            raise ConfigError(f"loss_type={self.loss_type}: {TEACHER_UNLIKELIHOOD} only pushes tokens down; add a "
+                              "loss that pulls the reference up, e.g. [sft, teacher_unlikelihood]")
+        for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
+                     "teacher_token_top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:

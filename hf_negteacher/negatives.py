@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
 
 
 @dataclass
@@ -68,24 +69,32 @@ class NegativeFilter:
         return filtered / self.counts["generated"] if self.counts["generated"] else 0.0
 
 
+# Makes a fresh logits processor for one generate call from that call's attention mask (it may keep state,
+# such as contrastive decoding's teacher cache).
+ProcessorFactory = Callable[[torch.Tensor], LogitsProcessor]
+
+
 def _seeded_generate(model, batch: dict, settings: GenerationSettings, seed: int, pad_token_id: int,
-                     num_return_sequences: int = 1) -> torch.Tensor:
+                     num_return_sequences: int = 1, processor: ProcessorFactory | None = None) -> torch.Tensor:
     """`model.generate` under `seed`, leaving the global RNG state as it was; returns new tokens only."""
     device = batch["input_ids"].device
+    extra = {} if processor is None else {"logits_processor": LogitsProcessorList([processor(batch["attention_mask"])])}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         output = model.generate(**batch, **settings.generate_kwargs(), use_cache=True, pad_token_id=pad_token_id,
-                                num_return_sequences=num_return_sequences)
+                                num_return_sequences=num_return_sequences, **extra)
     return output[:, batch["input_ids"].shape[1]:]
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, *,
-                     num_return_sequences: int = 1, progress: bool = False, desc: str = "generating") -> list:
+                     num_return_sequences: int = 1, progress: bool = False, desc: str = "generating",
+                     processor: ProcessorFactory | None = None) -> list:
     """Answers to `prompts` (already chat-templated text), decoded without special tokens.
 
     One string per prompt, or a list of `num_return_sequences` strings per prompt when that is > 1.
     Deterministic for a seed: each batch is sampled under `seed + index of its first prompt`.
+    `processor` adds a logits processor made per batch (for example `contrastive.contrast_with`).
     """
     device = next(model.parameters()).device
     padding_side = tokenizer.padding_side
@@ -96,7 +105,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], settings: Generat
             batch = tokenizer(list(prompts[start:start + settings.batch_size]), return_tensors="pt",
                               padding=True, add_special_tokens=False).to(device)
             new_tokens = _seeded_generate(model, batch, settings, settings.seed + start, tokenizer.pad_token_id,
-                                          num_return_sequences)
+                                          num_return_sequences, processor)
             texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             if num_return_sequences == 1:
                 answers.extend(texts)
@@ -110,9 +119,11 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], settings: Generat
 @torch.no_grad()
 def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, *,
                           seed: int, pad_token_id: int, stop_token_ids: Sequence[int],
-                          num_return_sequences: int = 1) -> list[list[list[int]]]:
+                          num_return_sequences: int = 1,
+                          processor: ProcessorFactory | None = None) -> list[list[list[int]]]:
     """Per prompt (token ids), `num_return_sequences` generated answers as token ids, cut before the
-    first stop token. Prompts are left-padded in batches of `settings.batch_size`."""
+    first stop token. Prompts are left-padded in batches of `settings.batch_size`; `processor` as in
+    `generate_answers`."""
     device = next(model.parameters()).device
     stops = set(stop_token_ids)
     results: list[list[list[int]]] = []
@@ -125,7 +136,8 @@ def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: 
             input_ids[i, width - len(ids):] = torch.tensor(list(ids))
             attention[i, width - len(ids):] = 1
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
-        new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences)
+        new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences,
+                                      processor)
         answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]
         results.extend(answers[i:i + num_return_sequences] for i in range(0, len(answers), num_return_sequences))
     return results

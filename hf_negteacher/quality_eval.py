@@ -18,7 +18,7 @@ import numpy as np
 from .answer_metrics import answer_quality
 from .files import atomic_write_json
 from .formats import PromptAnswer
-from .negatives import GenerationSettings, generate_answers, generate_negative_ids, stop_token_ids
+from .negatives import GenerationSettings, ProcessorFactory, generate_answers, generate_negative_ids, stop_token_ids
 from .perplexity_eval import EvalConfigError, answer_perplexity
 from .scoring import answer_logprobs
 
@@ -50,10 +50,11 @@ class QualitySettings:
                                   top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
 
 
-def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: QualitySettings
-                    ) -> tuple[dict[str, np.ndarray], list[dict]]:
+def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: QualitySettings,
+                    processor: ProcessorFactory | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per prompt: mean rougeL, chrF, words, empty and cut-off (no end of turn within max_new_tokens) over
-    `num_samples` answers; and one readable record per prompt."""
+    `num_samples` answers; and one readable record per prompt. `processor`: as in `generate_answers`
+    (contrastive decoding)."""
     from tqdm.auto import tqdm
 
     pairs = list(pairs)[: settings.generation_rows]
@@ -63,7 +64,7 @@ def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: Q
         generated += generate_negative_ids(
             model, prompt_ids[start:start + settings.batch_size], settings.generation(), seed=settings.seed + start,
             pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids(tokenizer, model),
-            num_return_sequences=settings.num_samples)
+            num_return_sequences=settings.num_samples, processor=processor)
     answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in samples] for samples in generated]
     flat = answer_quality([a for samples in answers for a in samples],
                           [p.answer for p, samples in zip(pairs, answers, strict=True) for _ in samples])

@@ -24,6 +24,7 @@ from .lowbit import build_negative_teacher, inference_mode, materialized
 from .negatives import generate_negative_ids, stop_token_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs, perplexity
+from .token_loss import TEACHER_UNLIKELIHOOD, split_loss_types, teacher_unlikelihood
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
+        # TRL's loss loop sees its own loss types; teacher_unlikelihood is added in `_compute_loss`.
+        self.loss_types, self.loss_weights, self.token_loss_weight = split_loss_types(self.loss_types,
+                                                                                      self.loss_weights)
         if not (args.bf16 or args.fp16):
             # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
             # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
@@ -175,8 +179,33 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     @property
     def _uses_negatives(self) -> bool:
-        """False for a loss made of TRL's `sft` term alone, which never reads the rejected side."""
-        return any(loss_type != "sft" for loss_type in self.args.loss_type)
+        """False for losses that never read the rejected side: `sft` and `teacher_unlikelihood`."""
+        return any(loss_type not in ("sft", TEACHER_UNLIKELIHOOD) for loss_type in self.args.loss_type)
+
+    # Token-level negative loss -----------------------------------------------------------------------
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        result = super()._compute_loss(model, inputs, return_outputs)
+        if not self.token_loss_weight:
+            return result
+        token_loss = self.token_loss_weight * self._teacher_token_loss(model, inputs)
+        return (result[0] + token_loss, result[1]) if return_outputs else result + token_loss
+
+    def _teacher_token_loss(self, model, inputs) -> torch.Tensor:
+        """`teacher_unlikelihood` on the chosen half of the batch (TRL's batches are [chosen; rejected])."""
+        half = inputs["input_ids"].shape[0] // 2
+        input_ids, attention_mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
+        positions = inputs["completion_mask"][:half, 1:].bool()
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        with torch.no_grad(), inference_mode(self.teacher):
+            teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        loss, stats = teacher_unlikelihood(logits[:, :-1][positions], teacher_logits[:, :-1][positions],
+                                           input_ids[:, 1:][positions], self.args.teacher_token_top_k)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["teacher_unlikelihood/loss"].append(loss.item())
+        for name, value in stats.items():
+            self._metrics[mode][f"teacher_unlikelihood/{name}"].append(value.item())
+        return loss
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

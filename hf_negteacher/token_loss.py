@@ -1,0 +1,39 @@
+"""A token-level negative loss that needs no generation: unlikelihood on the teacher's guesses.
+
+At every position of the reference answer, the negative teacher's `top_k` most likely next tokens,
+except the reference token itself, are the mistakes a crippled copy of the model would make there;
+the policy is trained to give them less probability (unlikelihood training, Welleck et al. 2019):
+`-log(1 - p_policy(v))` per such token, averaged over reference tokens. It is a loss type beside
+TRL's (`loss_type: [sft, teacher_unlikelihood]`), weighted by `loss_weights` like them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TEACHER_UNLIKELIHOOD = "teacher_unlikelihood"
+# log(1 - p) is clamped here so a token the policy is certain of gives a large but finite loss.
+_MAX_PROBABILITY = 1 - 1e-6
+
+
+def teacher_unlikelihood(policy_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                         top_k: int = 1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss over reference positions (rows of the `(tokens, vocab)` logits; `labels` the reference
+    tokens) and detached statistics: `teacher_wrong` (share of positions whose teacher top-1 is not the
+    reference) and `negative_prob` (mean policy probability of the pushed-down tokens)."""
+    candidates = teacher_logits.topk(top_k, dim=-1).indices
+    negative = candidates != labels.unsqueeze(-1)
+    probs = policy_logits.float().log_softmax(-1).gather(-1, candidates).exp()
+    unlikely = -torch.log1p(-probs.clamp(max=_MAX_PROBABILITY)) * negative
+    loss = unlikely.sum() / max(labels.numel(), 1)
+    with torch.no_grad():
+        stats = {"teacher_wrong": negative[:, 0].float().mean(),
+                 "negative_prob": (probs * negative).sum() / negative.sum().clamp(min=1)}
+    return loss, stats
+
+
+def split_loss_types(loss_types: list[str], loss_weights: list[float]) -> tuple[list[str], list[float], float]:
+    """TRL's loss types and weights, and the weight of `teacher_unlikelihood` (0 when absent)."""
+    trl = [(t, w) for t, w in zip(loss_types, loss_weights, strict=True) if t != TEACHER_UNLIKELIHOOD]
+    token_weight = sum(w for t, w in zip(loss_types, loss_weights, strict=True) if t == TEACHER_UNLIKELIHOOD)
+    return [t for t, _ in trl], [w for _, w in trl], float(token_weight)

@@ -1,0 +1,101 @@
+"""teacher_unlikelihood: the token-level negative loss, by hand and inside the trainer."""
+
+import copy
+import math
+
+import pytest
+import torch
+from test_trainer import ROWS, config, lora
+
+from hf_negteacher import NegativeTeacherTrainer
+from hf_negteacher.config import ConfigError
+from hf_negteacher.token_loss import split_loss_types, teacher_unlikelihood
+
+POLICY = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.7, 0.1]]).log()
+TEACHER = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.6, 0.1]]).log()
+LABELS = torch.tensor([0, 1])
+
+
+def test_top1_pushes_down_the_teachers_guess_only_where_it_is_wrong():
+    loss, stats = teacher_unlikelihood(POLICY, TEACHER, LABELS, top_k=1)
+    # position 0: teacher guesses 2 (wrong), policy gives it 0.25; position 1: teacher guesses the reference
+    assert loss.item() == pytest.approx(-math.log(0.75) / 2)
+    assert stats["teacher_wrong"].item() == 0.5
+    assert stats["negative_prob"].item() == pytest.approx(0.25)
+
+
+def test_top2_adds_the_second_guess_and_skips_the_reference_token():
+    loss, stats = teacher_unlikelihood(POLICY, TEACHER, LABELS, top_k=2)
+    # position 0: tokens 2 and 1 (0.25 each); position 1: token 0 (0.2), token 1 is the reference
+    assert loss.item() == pytest.approx((-2 * math.log(0.75) - math.log(0.8)) / 2)
+    assert stats["negative_prob"].item() == pytest.approx(0.7 / 3)
+
+
+def test_gradient_lowers_the_pushed_down_token():
+    policy = POLICY.clone().requires_grad_()
+    teacher_unlikelihood(policy, TEACHER, LABELS, top_k=1)[0].backward()
+    assert policy.grad[0, 2] > 0 and policy.grad[0, 0] < 0  # descent lowers token 2, raises the others
+    assert torch.all(policy.grad[1] == 0)
+
+
+def test_split_keeps_trls_types_and_weights_in_order():
+    assert split_loss_types(["sigmoid", "teacher_unlikelihood", "sft"], [1.0, 0.3, 0.5]) == (
+        ["sigmoid", "sft"], [1.0, 0.5], 0.3)
+    assert split_loss_types(["sft"], [1.0]) == (["sft"], [1.0], 0.0)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"loss_type": ["teacher_unlikelihood"]}, "add a loss that pulls the reference up"),
+    ({"loss_type": ["sft", "teacher_unlikelihood"], "teacher_token_top_k": 0}, "teacher_token_top_k=0"),
+])
+def test_bad_token_loss_config_is_named(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        config(tmp_path, **overrides)
+
+
+def test_trainer_adds_the_weighted_token_loss_to_trls_and_generates_nothing(tiny_chat_model, smol_tokenizer,
+                                                                             tmp_path):
+    def trainer(name, **overrides):
+        return NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / name, **overrides), ROWS,
+                                      processing_class=smol_tokenizer, peft_config=lora())
+
+    sft = trainer("sft", loss_type=["sft"])
+    both = trainer("both", loss_type=["sft", "teacher_unlikelihood"], loss_weights=[1.0, 2.0])
+    inputs = both._prepare_inputs(next(iter(both.get_train_dataloader())))
+    with torch.no_grad():
+        difference = both.compute_loss(both.model, inputs) - sft.compute_loss(sft.model, inputs)
+        half = inputs["input_ids"].shape[0] // 2
+        ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
+        positions = inputs["completion_mask"][:half, 1:].bool()
+        policy = both.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+        teacher = both.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+    expected, _ = teacher_unlikelihood(policy, teacher, ids[:, 1:][positions])
+    assert expected.item() > 0
+    assert difference.item() == pytest.approx(2.0 * expected.item(), rel=2e-2)  # float32 noise of the sft term
+
+    both.args.max_steps = 2
+    both.train()
+    assert both.generation_calls == 0
+    logs = [entry for entry in both.state.log_history if "loss" in entry]
+    assert 0 < logs[0]["teacher_unlikelihood/teacher_wrong"] <= 1
+
+
+def test_token_loss_lowers_the_teachers_guesses_more_than_sft(tiny_chat_model, smol_tokenizer, tmp_path):
+    def trained_negative_prob(name, loss_type, loss_weights):
+        # The untrained tiny model spreads ~3e-5 over every token: only a large weight makes the term count.
+        args = config(tmp_path / name, loss_type=loss_type, loss_weights=loss_weights, max_steps=6,
+                      learning_rate=5e-3)
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                         peft_config=lora())
+        trainer.train()
+        inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        half = inputs["input_ids"].shape[0] // 2
+        ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
+        positions = inputs["completion_mask"][:half, 1:].bool()
+        with torch.no_grad():
+            policy = trainer.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+            teacher = trainer.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+        return teacher_unlikelihood(policy, teacher, ids[:, 1:][positions])[1]["negative_prob"].item()
+
+    with_token_loss = trained_negative_prob("ul", ["sft", "teacher_unlikelihood"], [1.0, 1e4])
+    assert with_token_loss < 0.9 * trained_negative_prob("sft", ["sft"], None)
