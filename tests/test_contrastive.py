@@ -66,7 +66,10 @@ def test_teacher_cache_with_left_padding_matches_a_full_forward_of_each_prompt(t
             torch.testing.assert_close(cached[row], full, atol=1e-5, rtol=1e-5)
 
 
-def greedy(model, processor=None, settings=GenerationSettings(max_new_tokens=8, temperature=0), n=1):
+GREEDY = GenerationSettings(max_new_tokens=8, temperature=0)
+
+
+def greedy(model, processor=None, settings=GREEDY, n=1):
     return generate_negative_ids(model, PROMPTS, settings, seed=0, pad_token_id=0, stop_token_ids=[],
                                  num_return_sequences=n, processor=processor)
 
