@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig
 
 from .calibrate import DEFAULT_TARGET_RATIO
+from .contrastive import ContrastSettings
 from .models import DEFAULT_MODEL
 from .quality_eval import QualitySettings
 from .teacher_config import default_grid
@@ -89,6 +90,16 @@ class EvalArguments:
         "help": "Two trained output_dirs A B: every metric for both on the same rows, and A - B with a paired "
                 "bootstrap 95% interval; the report goes to output_dir."})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the paired bootstrap."})
+    contrastive_beta: float = field(default=0.0, metadata={
+        "help": "> 0: every model but the teacher generates its answers by contrastive decoding against the "
+                "teacher, (1 + beta) log p_model - beta log p_teacher over plausible tokens; 0: plain decoding."})
+    contrastive_alpha: float = field(default=ContrastSettings.alpha, metadata={
+        "help": "Contrastive decoding keeps tokens with p_model >= alpha * max p_model."})
+
+    def contrast_settings(self) -> ContrastSettings | None:
+        """Contrastive-decoding settings (checked), or None for plain decoding."""
+        settings = ContrastSettings(beta=self.contrastive_beta, alpha=self.contrastive_alpha)
+        return settings if self.contrastive_beta > 0 else None
 
     def quality_settings(self, batch_size: int) -> QualitySettings:
         return QualitySettings(generation_rows=self.generation_rows, max_new_tokens=self.max_new_tokens,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -142,6 +143,7 @@ def eval_command(argv: list[str]) -> None:
     from transformers import AutoConfig
 
     from .comparison import compare_markdown, write_comparison
+    from .contrastive import contrast_with, teacher_for_decoding
     from .evaluation import (
         adapter_variants,
         model_variants,
@@ -169,6 +171,7 @@ def eval_command(argv: list[str]) -> None:
         if not (adapter / "adapter_config.json").is_file():
             raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
     check_engines(eval_args.engines)
+    contrast = eval_args.contrast_settings()
     batch_size = args.per_device_eval_batch_size
     quality = eval_args.quality_settings(batch_size) if eval_args.quality else None
     if quality is not None:
@@ -200,9 +203,11 @@ def eval_command(argv: list[str]) -> None:
     else:
         full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
-    scores = [score_variant(m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
-                            batch_size=batch_size, quality=quality, negatives=negatives, name=name)
-              for name, m in variants]
+    with teacher_for_decoding(teacher, args.teacher_dequantize_once) if contrast else contextlib.nullcontext():
+        scores = [score_variant(m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
+                                batch_size=batch_size, quality=quality, negatives=negatives, name=name,
+                                processor=contrast_with(teacher, contrast) if contrast and m is not teacher else None)
+                  for name, m in variants]
     table = [s.row for s in scores]
 
     output_dir = Path(args.output_dir)
@@ -211,6 +216,9 @@ def eval_command(argv: list[str]) -> None:
         notes.append(f"built-in: windows of {window} tokens, stride {stride}; lm-eval: disjoint windows of {window}")
     if quality is not None and data.pairs:
         sampling = "greedy" if quality.temperature <= 0 else f"temperature {quality.temperature}, top_p {quality.top_p}"
+        if contrast:
+            sampling += (f", contrastive decoding against the teacher (beta {contrast.beta}, alpha {contrast.alpha}; "
+                         "the teacher's own answers plain)")
         notes.append(f"answers: first {min(quality.generation_rows, len(data.pairs))} rows, {sampling}, "
                      f"{quality.num_samples} per prompt, at most {quality.max_new_tokens} new tokens; preference: "
                      f"reference vs one teacher negative per row")

@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult
 from .files import atomic_write, atomic_write_json, atomic_write_text
 from .formats import PromptAnswer
 from .hub import dataset_label
+from .negatives import ProcessorFactory
 from .perplexity_eval import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
 from .quality_eval import QualitySettings, RowScores, generation_rows, metrics, preference_rows
 
@@ -72,16 +73,18 @@ class ModelScores:
 
 def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
                   batch_size: int, quality: QualitySettings | None = None,
-                  negatives: Sequence[str] | None = None, name: str = "model") -> ModelScores:
+                  negatives: Sequence[str] | None = None, name: str = "model",
+                  processor: ProcessorFactory | None = None) -> ModelScores:
     """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
-    generated-answer quality and (with `negatives`) held-out preference accuracy."""
+    generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding) and (with
+    `negatives`) held-out preference accuracy."""
     if not data.pairs:
         return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
                                                             stride=stride, batch_size=batch_size)), {}, [])
     rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
     generations: list[dict] = []
     if quality is not None:
-        rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality)
+        rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)
         if negatives is not None:
             rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
     scored = metrics(rows)

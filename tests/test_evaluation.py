@@ -45,6 +45,10 @@ def _eval(base_dir, adapter_dir, *extra):
      r"max_new_tokens=0: expected a positive integer"),
     ('{"prompt": " ", "completion": " a cat"}\n', (), r"row 0: a row has an empty prompt"),
     ('{"text": "hello there"}\n', ("--compare", "RUN", "RUN"), r"compare needs prompt/answer rows"),
+    ('{"prompt": "Define cat:", "completion": " a cat"}\n', ("--contrastive_beta", "-1"),
+     r"contrastive beta=-1.0: expected >= 0"),
+    ('{"prompt": "Define cat:", "completion": " a cat"}\n', ("--contrastive_alpha", "0"),
+     r"contrastive alpha=0.0: expected in \(0, 1\]"),
 ])
 def test_bad_eval_input_is_a_clear_error_before_any_model_loads(saved_tiny, tmp_path, capsys, monkeypatch,
                                                                 content, args, message):
@@ -184,3 +188,24 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
     same = json.loads((report / "compare.json").read_text())["differences"]
     assert all((d["difference"], d["low"], d["high"]) == (0, 0, 0) for d in same.values())
     assert "within noise" in capsys.readouterr().out
+
+
+def test_contrastive_beta_changes_the_models_answers_but_not_the_teachers(saved_tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NEGTEACHER_CACHE", str(tmp_path / "cache"))
+    base_dir, run = saved_tiny
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
+    quality = ["--eval_dataset", str(data), "--engines", "builtin", "--generation_rows", "3", "--max_new_tokens", "6",
+               "--negatives_max_new_tokens", "6", "--teacher_quantizer", "int2"]
+
+    def answers(*extra):
+        _eval(base_dir, run, *quality, *extra)
+        lines = (run / "generations.jsonl").read_text().splitlines()
+        return {name: [json.loads(line)["models"][name]["answers"] for line in lines]
+                for name in json.loads(lines[0])["models"]}
+
+    plain = answers()
+    contrastive = answers("--contrastive_beta", "2", "--contrastive_alpha", "0.01")
+    assert "contrastive decoding against the teacher (beta 2.0, alpha 0.01" in capsys.readouterr().out
+    assert contrastive["negative teacher"] == plain["negative teacher"]
+    assert contrastive["base + adapter"] != plain["base + adapter"]
