@@ -1,5 +1,6 @@
 """Does it help? Held-out quality of SFT-QLoRA, the negative teacher at three strengths, self-play and
-in-batch negatives, over several seeds, with paired bootstrap intervals against SFT.
+in-batch negatives, and the token-level teacher_unlikelihood loss (alone and with DPO), over several
+seeds, with paired bootstrap intervals against SFT.
 
     python benchmarks/bench_quality.py                 # default: fits in about an hour on 2 CPU cores
     python benchmarks/bench_quality.py --full          # NF4 policy, 40 and 160 steps, 3 seeds, 200/100 rows
@@ -36,7 +37,8 @@ DEFAULT_TEACHER = "int3,blocks=0-14"
 TEACHERS = {"weaker": "int4", "default": DEFAULT_TEACHER, "stronger": "int3,group_size=32"}
 METHODS = ["SFT-QLoRA", "negteacher weaker (int4)", f"negteacher default ({DEFAULT_TEACHER})",
            "negteacher stronger (int3,group_size=32)", "self-play (policy's own samples)",
-           "in-batch (another row's reference)"]
+           "in-batch (another row's reference)", "token-level (sft + teacher_unlikelihood, no generation)",
+           "DPO + token-level (default teacher)"]
 SHOWN = ["answer_perplexity/builtin", "rougeL", "chrF", "preference_accuracy", "words"]
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
 logger = logging.getLogger("bench_quality")
@@ -69,6 +71,10 @@ def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool
     train_rows = rows
     if method == "SFT-QLoRA":
         common["loss_type"] = ["sft"]
+    elif method.startswith("token-level"):
+        common["loss_type"] = ["sft", "teacher_unlikelihood"]
+    elif method.startswith("DPO + token-level"):
+        common["loss_type"] = ["sigmoid", "sft", "teacher_unlikelihood"]
     elif method.startswith("negteacher"):
         common |= teacher_fields(TEACHERS[method.split()[1]])
     elif method.startswith("self-play"):  # SPIN, first iteration: the untrained policy's own samples

@@ -2,6 +2,7 @@
 
 Trains a tiny Llama (saved by the test) with online negatives and writes, per process, the prompts
 it generated negatives for, so the test can check that the two processes saw different shards.
+Optional third argument: the loss types, comma-separated (default: the config's).
 """
 
 import json
@@ -16,12 +17,13 @@ from hf_negteacher.formats import load_rows
 from hf_negteacher.trainer import _example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
+loss = {"loss_type": sys.argv[3].split(",")} if len(sys.argv) > 3 else {}
 tokenizer = load_tokenizer(str(model_dir))
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 args = NegativeTeacherConfig(output_dir=str(output_dir), use_cpu=True, max_steps=3, per_device_train_batch_size=2,
                              max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6,
                              teacher_blocks=None, teacher_group_size=32, report_to=[], save_strategy="no",
-                             logging_steps=1, seed=0)
+                             logging_steps=1, seed=0, **loss)
 trainer = NegativeTeacherTrainer(model, args, load_rows("bundled:train")[:16], processing_class=tokenizer,
                                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
 trainer.train()
@@ -29,7 +31,8 @@ rank = trainer.accelerator.process_index
 output_dir.mkdir(parents=True, exist_ok=True)
 prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
                  if _example_key(e) in trainer._negative_cache)
+adapter_sum = sum(p.detach().double().sum().item() for n, p in trainer.model.named_parameters() if "lora_" in n)
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
                                                             "generation_calls": trainer.generation_calls,
-                                                            "prompts": prompts}))
+                                                            "prompts": prompts, "adapter_sum": adapter_sum}))
 trainer.save_model()
