@@ -8,13 +8,14 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from hf_negteacher import build_negative_teacher
+from hf_negteacher import contrastive_answers
 from hf_negteacher.contrastive import (
     ContrastiveDecodingError,
     ContrastSettings,
     TeacherContrastLogitsProcessor,
     contrast_with,
 )
-from hf_negteacher.negatives import GenerationSettings, generate_negative_ids
+from hf_negteacher.negatives import GenerationSettings, generate_answers, generate_negative_ids
 
 PROMPTS = [[5, 9, 2, 7, 11, 3], [4, 8], [12, 13, 14, 15]]
 
@@ -95,3 +96,18 @@ def test_contrast_changes_a_peft_policys_answers_and_beta_zero_does_not(tiny_lla
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ContrastiveDecodingError, match=message):
         ContrastSettings(**kwargs)
+
+
+def test_contrastive_answers_decode_text_prompts_and_leave_the_teacher_as_it_was(tiny_chat_model, smol_tokenizer):
+    teacher = build_negative_teacher(tiny_chat_model, "int2")
+    prompts = [smol_tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                  add_generation_prompt=True) for q in ("Define cat.", "Define a dog.")]
+    settings = GenerationSettings(max_new_tokens=5, temperature=0)
+    plain = generate_answers(tiny_chat_model, smol_tokenizer, prompts, settings)
+    assert contrastive_answers(tiny_chat_model, teacher, smol_tokenizer, prompts, settings,
+                               ContrastSettings(beta=0.0)) == plain
+    contrasted = contrastive_answers(tiny_chat_model, teacher, smol_tokenizer, prompts, settings,
+                                     ContrastSettings(beta=3.0, alpha=0.001))
+    assert len(contrasted) == 2 and contrasted != plain
+    layers = [m for m in teacher.modules() if hasattr(m, "keep_dequantized")]
+    assert layers and not any(m.keep_dequantized for m in layers)
