@@ -7,8 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from hf_negteacher import build_negative_teacher
-from hf_negteacher import contrastive_answers
+from hf_negteacher import build_negative_teacher, contrastive_answers
 from hf_negteacher.contrastive import (
     ContrastiveDecodingError,
     ContrastSettings,

@@ -7,10 +7,20 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, PeftModel
 
-from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, nf4_config
+from hf_negteacher import (
+    ContrastSettings,
+    NegativeTeacherConfig,
+    NegativeTeacherTrainer,
+    TeacherContrastLogitsProcessor,
+    contrastive_answers,
+    load_causal_lm,
+    nf4_config,
+)
 from hf_negteacher.cli import main
-from hf_negteacher.formats import load_rows
+from hf_negteacher.formats import load_rows, validate_rows
+from hf_negteacher.lowbit import inference_mode
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+from hf_negteacher.negatives import GenerationSettings, generate_answers
 from hf_negteacher.scoring import completion_logprobs
 from hf_negteacher.trainer import _example_key
 
@@ -65,6 +75,24 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
         trained_logits = model(**batch).logits
         reloaded_logits = fresh(**batch).logits
     torch.testing.assert_close(reloaded_logits, trained_logits, rtol=1e-4, atol=1e-4)
+
+    # Contrastive decoding of the NF4 policy + adapter against its teacher: beta 0 is plain greedy, beta 1 is not,
+    # and the teacher's cached log-probs on a left-padded batch equal a full forward of each prompt.
+    prompts = [p.prompt for p in validate_rows(ROWS[:4], smol_tokenizer)]
+    greedy = GenerationSettings(max_new_tokens=12, temperature=0, batch_size=4)
+    plain = generate_answers(model, smol_tokenizer, prompts, greedy)
+    assert contrastive_answers(model, trainer.teacher, smol_tokenizer, prompts, greedy, ContrastSettings(0.0)) == plain
+    assert contrastive_answers(model, trainer.teacher, smol_tokenizer, prompts, greedy, ContrastSettings(1.0)) != plain
+    side, smol_tokenizer.padding_side = smol_tokenizer.padding_side, "left"
+    batch = smol_tokenizer(prompts[:2], return_tensors="pt", padding=True, add_special_tokens=False)
+    smol_tokenizer.padding_side = side
+    processor = TeacherContrastLogitsProcessor(trainer.teacher, batch["attention_mask"], ContrastSettings())
+    with inference_mode(trainer.teacher), torch.no_grad():
+        cached = processor.teacher_log_probs(batch["input_ids"])
+        for row, prompt in enumerate(prompts[:2]):
+            ids = smol_tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+            full = torch.log_softmax(trainer.teacher(input_ids=ids).logits[0, -1].float(), -1)
+            torch.testing.assert_close(cached[row], full, atol=2e-3, rtol=1e-3)
 
 
 def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, capsys):
