@@ -95,7 +95,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
-        # TRL's loss loop sees its own loss types; teacher_unlikelihood is added in `_compute_loss`.
+        # TRL's loss loop sees its own loss types; teacher_unlikelihood is added in `compute_loss`.
         self.loss_types, self.loss_weights, self.token_loss_weight = split_loss_types(self.loss_types,
                                                                                       self.loss_weights)
         if not (args.bf16 or args.fp16):
@@ -184,8 +184,8 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     # Token-level negative loss -----------------------------------------------------------------------
 
-    def _compute_loss(self, model, inputs, return_outputs):
-        result = super()._compute_loss(model, inputs, return_outputs)
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if not self.token_loss_weight:
             return result
         token_loss = self.token_loss_weight * self._teacher_token_loss(model, inputs)
