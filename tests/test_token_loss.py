@@ -53,6 +53,18 @@ def test_bad_token_loss_config_is_named(tmp_path, overrides, message):
         config(tmp_path, **overrides)
 
 
+def token_loss_on_first_batch(trainer):
+    """teacher_unlikelihood of the trainer's model on the chosen half of its first batch, computed here."""
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    half = inputs["input_ids"].shape[0] // 2
+    ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
+    positions = inputs["completion_mask"][:half, 1:].bool()
+    with torch.no_grad():
+        policy = trainer.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+        teacher = trainer.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
+    return teacher_unlikelihood(policy, teacher, ids[:, 1:][positions])
+
+
 def test_trainer_adds_the_weighted_token_loss_to_trls_and_generates_nothing(tiny_chat_model, smol_tokenizer,
                                                                              tmp_path):
     def trainer(name, **overrides):
@@ -64,12 +76,7 @@ def test_trainer_adds_the_weighted_token_loss_to_trls_and_generates_nothing(tiny
     inputs = both._prepare_inputs(next(iter(both.get_train_dataloader())))
     with torch.no_grad():
         difference = both.compute_loss(both.model, inputs) - sft.compute_loss(sft.model, inputs)
-        half = inputs["input_ids"].shape[0] // 2
-        ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
-        positions = inputs["completion_mask"][:half, 1:].bool()
-        policy = both.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
-        teacher = both.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
-    expected, _ = teacher_unlikelihood(policy, teacher, ids[:, 1:][positions])
+    expected, _ = token_loss_on_first_batch(both)
     assert expected.item() > 0
     assert difference.item() == pytest.approx(2.0 * expected.item(), rel=2e-2)  # float32 noise of the sft term
 
@@ -88,14 +95,7 @@ def test_token_loss_lowers_the_teachers_guesses_more_than_sft(tiny_chat_model, s
         trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
                                          peft_config=lora())
         trainer.train()
-        inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-        half = inputs["input_ids"].shape[0] // 2
-        ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
-        positions = inputs["completion_mask"][:half, 1:].bool()
-        with torch.no_grad():
-            policy = trainer.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
-            teacher = trainer.teacher(input_ids=ids, attention_mask=mask).logits[:, :-1][positions]
-        return teacher_unlikelihood(policy, teacher, ids[:, 1:][positions])[1]["negative_prob"].item()
+        return token_loss_on_first_batch(trainer)[1]["negative_prob"].item()
 
     with_token_loss = trained_negative_prob("ul", ["sft", "teacher_unlikelihood"], [1.0, 1e4])
     assert with_token_loss < 0.9 * trained_negative_prob("sft", ["sft"], None)
