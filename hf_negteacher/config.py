@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig
 
+from .lowbit import dequantize_once_by_default
 from .negatives import GenerationSettings, NegativeFilter
 from .teacher_config import TeacherConfig
 from .token_loss import TEACHER_UNLIKELIHOOD
@@ -78,7 +79,7 @@ class NegativeTeacherConfig(DPOConfig):
         if self.bf16 is None and not self.fp16:  # TRL turns bf16 on by default, which fails on CPU-only machines
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if self.teacher_dequantize_once is None:
-            self.teacher_dequantize_once = not torch.cuda.is_available()
+            self.teacher_dequantize_once = dequantize_once_by_default()
         super().__post_init__()
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from .lowbit import inference_mode, materialized
+from .lowbit import dequantize_once_by_default, inference_mode, materialized
 from .negatives import GenerationSettings, generate_answers
 
 
@@ -98,7 +98,7 @@ def contrast_with(teacher: nn.Module, settings: ContrastSettings) -> Callable[[t
 def teacher_for_decoding(teacher: nn.Module, dequantize_once: bool | None = None) -> Iterator[nn.Module]:
     """The teacher in inference mode, its packed layers dequantized once for the block (default: without CUDA)."""
     if dequantize_once is None:
-        dequantize_once = not torch.cuda.is_available()
+        dequantize_once = dequantize_once_by_default()
     with inference_mode(teacher), materialized(teacher, dequantize_once):
         yield teacher
 

@@ -132,6 +132,12 @@ def inference_mode(teacher: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+def dequantize_once_by_default() -> bool:
+    """Whether `materialized` is worth it by default: without CUDA (plain-PyTorch dequantization is slow
+    there), not on GPU (where the transient full-precision copy costs scarce memory)."""
+    return not torch.cuda.is_available()
+
+
 @contextlib.contextmanager
 def materialized(teacher: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Dequantize each packed layer once and keep it until the block ends (one `generate` call), instead
