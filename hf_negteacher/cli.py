@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -47,10 +49,29 @@ def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):
                           device_map=device_map)
 
 
+def _check_output_dir(output_dir: str) -> None:
+    """Fail before any model loads when `output_dir` cannot be a folder (a file stands on its path)."""
+    path = Path(output_dir).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise RecipeError(f"output_dir {output_dir!r} {where}; expected a folder")
+
+
+def _epoch_steps(num_rows: int, args: NegativeTeacherConfig) -> int:
+    """Optimizer steps of `num_train_epochs` over `num_rows` rows, as the Trainer counts them."""
+    from accelerate import PartialState
+
+    per_process = math.ceil(num_rows / PartialState().num_processes)
+    batches = math.ceil(per_process / args.per_device_train_batch_size)
+    return math.ceil(args.num_train_epochs * math.ceil(batches / args.gradient_accumulation_steps))
+
+
 def _prepare(argv: list[str], prog: str):
     from .models import load_tokenizer
 
     model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
+    _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length)
     held_out = None
@@ -64,17 +85,20 @@ def train_command(argv: list[str]) -> None:
     from trl.trainer.utils import get_peft_config
 
     from .evaluation import adapter_perplexity_table, to_eval_results, to_markdown, write_table
-    from .models import checkpoint_weights, hub_id
+    from .models import checkpoint_weights
     from .trainer import NegativeTeacherTrainer
 
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
+    if args.max_steps < 0:
+        logger.info("max_steps=-1: training for num_train_epochs=%g over %d rows, %d optimizer steps",
+                    args.num_train_epochs, len(rows), _epoch_steps(len(rows), args))
     model = _load_policy(model_args, args.use_cpu)
     trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer,
                                      peft_config=get_peft_config(model_args),
-                                     teacher_weights=checkpoint_weights(model_args.model_name_or_path))
-    trainer.base_model_id = hub_id(model_args.model_name_or_path)
+                                     teacher_weights=checkpoint_weights(model_args.model_name_or_path),
+                                     base_model_id=model_args.base_model_id)
     trainer.dataset_name = data_args.dataset
     resume = args.resume_from_checkpoint
     if resume is None and Path(args.output_dir).is_dir():
@@ -82,17 +106,17 @@ def train_command(argv: list[str]) -> None:
         if resume:
             logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(args.output_dir)
+    if not trainer.is_world_process_zero():
+        return  # the held-out table and the card are the main process's work alone
     if held_out is not None:
         table = adapter_perplexity_table(trainer.accelerator.unwrap_model(trainer.model), tokenizer, held_out[1],
                                          teacher=trainer.teacher, batch_size=args.per_device_eval_batch_size)
-        if trainer.is_world_process_zero():
-            write_table(table, data_args.eval_dataset, args.output_dir)
-            print(to_markdown(table, data_args.eval_dataset))
+        write_table(table, data_args.eval_dataset, args.output_dir)
+        print(to_markdown(table, data_args.eval_dataset))
         trainer.eval_results = to_eval_results(table, data_args.eval_dataset)
-    trainer.save_model(args.output_dir)
     trainer.create_model_card()
-    if trainer.is_world_process_zero():
-        print(f"\nadapter, model card and evaluation table in {args.output_dir}")
+    print(f"\nadapter, model card and evaluation table in {args.output_dir}")
 
 
 def generate_command(argv: list[str]) -> None:
@@ -120,10 +144,10 @@ def calibrate_command(argv: list[str]) -> None:
     from .formats import load_rows, validate_rows
     from .models import checkpoint_weights, load_causal_lm, load_tokenizer
     from .negatives import GenerationSettings
-    from .teacher_config import TeacherConfig
 
     model_args, args = parse((NegTeacherModelConfig, CalibrateArguments), argv, "negteacher calibrate")
-    grid = [TeacherConfig.from_spec(spec) for spec in args.grid]
+    grid = args.teacher_configs()
+    _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     pairs = validate_rows(load_rows(args.dataset)[: args.num_rows], tokenizer)
     model = load_causal_lm(model_args.model_name_or_path, quantization=get_quantization_config(model_args),
@@ -240,7 +264,10 @@ def eval_command(argv: list[str]) -> None:
 
 
 def push_command(argv: list[str]) -> None:
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
+
+    from .hub import local_base_model
 
     _, _, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, "negteacher push")
     folder = Path(args.output_dir)
@@ -250,13 +277,31 @@ def push_command(argv: list[str]) -> None:
         raise RecipeError(f"{folder} is not a trained output_dir: missing {', '.join(missing)} (run negteacher train)")
     if not args.hub_model_id:
         raise RecipeError("push needs hub_model_id (e.g. --hub_model_id you/smollm2-negteacher)")
-    api = HfApi(token=args.hub_token)
-    api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-    commit = api.upload_folder(repo_id=args.hub_model_id, folder_path=folder,
-                               allow_patterns=["adapter_model.safetensors", "adapter_config.json", "README.md",
-                                               "eval.md", "eval.json", "eval.png", "tokenizer*", "chat_template.jinja"],
-                               commit_message="Upload negteacher adapter")
+    local = local_base_model(folder)
+    if local:
+        raise RecipeError(f"{folder / 'adapter_config.json'} names the local folder {local!r} as its base model, "
+                          "which no one else has: train with --base_model_id <Hub id of the base>")
+    token = args.hub_token or get_token()
+    if not token:
+        raise RecipeError(f"no Hugging Face token: log in with `hf auth login` or set HF_TOKEN; {folder} is ready "
+                          "to push")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
+        commit = api.upload_folder(repo_id=args.hub_model_id, folder_path=folder, allow_patterns=PUSHED_FILES,
+                                   commit_message="Upload negteacher adapter")
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise RecipeError(f"the Hub refused the push to {args.hub_model_id} (HTTP {status}: "
+                          f"{' '.join(str(error).split())[:160]})") from None
+    except (HTTPError, OfflineModeIsEnabled) as error:
+        raise RecipeError(f"could not reach the Hugging Face Hub ({type(error).__name__}: {error}); {folder} is "
+                          "complete: run this command again when online") from None
     print(f"pushed {folder} to {commit.commit_url if hasattr(commit, 'commit_url') else commit}")
+
+
+PUSHED_FILES = ["adapter_model.safetensors", "adapter_config.json", "README.md", "eval.md", "eval.json", "eval.png",
+                "tokenizer*", "chat_template.jinja"]
 
 
 COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
@@ -269,7 +314,10 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         sys.exit(0 if argv else 2)
     if argv[0] not in COMMANDS:
-        print(f"negteacher: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"negteacher: unknown command {argv[0]!r}; {hint}(commands: {', '.join(COMMANDS)}; see "
+              "negteacher --help)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -67,6 +67,11 @@ class NegativeTeacherConfig(DPOConfig):
     negatives_seed: int | None = field(default=None, metadata={
         "help": "Seed of the teacher's sampling (default: seed)."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per teacher generate call."})
+    negatives_max_tries: int = field(default=3, metadata={
+        "help": "Online: generate calls per prompt (the first + resamples) to get num_negatives that pass the "
+                "filters; still short after that, filtered candidates fill the gap (logged as "
+                "negatives/fallback_fraction). Every prompt always gets exactly num_negatives pairs, so every "
+                "process trains on the same number of pairs."})
     filter_empty: bool = field(default=True, metadata={"help": "Drop empty negatives."})
     filter_equal_to_reference: bool = field(default=True, metadata={"help": "Drop negatives equal to the reference."})
     filter_duplicates: bool = field(default=True, metadata={"help": "Drop repeated negatives of the same prompt."})
@@ -81,15 +86,21 @@ class NegativeTeacherConfig(DPOConfig):
         if self.teacher_dequantize_once is None:
             self.teacher_dequantize_once = dequantize_once_by_default()
         super().__post_init__()
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ConfigError(f"max_steps={self.max_steps}: give a positive number of optimizer steps, or -1 to train "
+                              f"for num_train_epochs={self.num_train_epochs:g} epochs")
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
         if set(self.loss_type) == {TEACHER_UNLIKELIHOOD}:
             raise ConfigError(f"loss_type={self.loss_type}: {TEACHER_UNLIKELIHOOD} only pushes tokens down; add a "
                               "loss that pulls the reference up, e.g. [sft, teacher_unlikelihood]")
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
-                     "teacher_token_top_k"):
+                     "teacher_token_top_k", "negatives_max_tries"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.num_negatives > 1 and self.negatives_temperature <= 0:
+            raise ConfigError(f"num_negatives={self.num_negatives} with negatives_temperature=0 (greedy) gives one "
+                              "answer per prompt; set negatives_temperature > 0")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
         self.teacher_config()  # validates the teacher fields, naming them

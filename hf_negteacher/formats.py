@@ -52,11 +52,21 @@ def load_rows(source: str) -> list[dict]:
             raise DataFormatError(f"dataset {source!r}: allowed bundled splits are "
                                   f"{', '.join('bundled:' + s for s in BUNDLED_SPLITS)}")
         return load_jsonl(BUNDLED_SPLITS[split])
-    path = Path(source)
+    try:
+        return _load_file_or_folder(Path(source))
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"dataset {source!r}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+
+
+def _load_file_or_folder(path: Path) -> list[dict]:
+    source = str(path)
     if path.is_dir():
         return _load_saved_dataset(path)
     if path.suffix == ".json" and path.is_file():
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
         if not isinstance(rows, list) or not rows:
             raise DataFormatError(f"dataset file {source!r} must hold a non-empty JSON list of rows")
         return rows
@@ -102,6 +112,8 @@ def _is_conversation(value) -> bool:
 
 def split_conversation(row: dict) -> tuple[list[dict] | str, list[dict] | str]:
     """Return (prompt, reference) of a row, each text or a list of chat messages."""
+    if not isinstance(row, dict):
+        raise DataFormatError(f"expected a row of named columns, got {type(row).__name__} {str(row)[:40]!r}")
     if "messages" in row:
         messages = row["messages"]
         if not _is_conversation(messages) or not messages or messages[-1]["role"] != "assistant":

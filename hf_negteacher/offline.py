@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .files import atomic_write_json
 from .formats import PromptAnswer, preference_row
+from .models import model_identity
 from .negatives import GenerationSettings, NegativeFilter, generate_answers
 
 logger = logging.getLogger(__name__)
@@ -32,17 +33,19 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
 
     `pairs[i]` is `rows[i]` rendered for the model (see `formats.validate_rows`). Returns the
     metadata: settings, fingerprint, rows written and filter counts. An existing complete file with
-    the same fingerprint is reused as is.
+    the same fingerprint (rows, settings, and the model, its quantization, tokenizer and chat template:
+    `models.model_identity`) is reused as is.
     """
     path = Path(path)
     negative_filter = dataclasses.replace(negative_filter or NegativeFilter())  # this file's counts only
     generation = dataclasses.asdict(settings)
-    fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected)
+    fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected,
+                               model_identity(teacher, tokenizer))
     meta_path = path.with_name(path.name + ".meta.json")
     if path.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("fingerprint") == fingerprint:
-            logger.info("reusing %s (same teacher, generation settings and rows)", path)
+            logger.info("reusing %s (same model, tokenizer, teacher, generation settings and rows)", path)
             return meta
     partial = path.with_name(path.name + ".partial")
     progress_path = path.with_name(path.name + ".progress.json")

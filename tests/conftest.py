@@ -30,3 +30,12 @@ def tiny_chat_model(smol_tokenizer) -> LlamaForCausalLM:
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = smol_tokenizer.eos_token_id
     return model
+
+
+@pytest.fixture
+def tiny_base_dir(tiny_chat_model, smol_tokenizer, tmp_path):
+    """`tiny_chat_model` saved with SmolLM2's tokenizer as a local checkpoint folder the CLI can load."""
+    folder = tmp_path / "tiny-base"
+    tiny_chat_model.save_pretrained(folder)
+    smol_tokenizer.save_pretrained(folder)
+    return folder

@@ -2,7 +2,9 @@
 
 Trains a tiny Llama (saved by the test) with online negatives and writes, per process, the prompts
 it generated negatives for, so the test can check that the two processes saw different shards.
-Optional third argument: the loss types, comma-separated (default: the config's).
+Optional third argument: the loss types, comma-separated (default: the config's), or `uneven-filter`:
+two negatives per prompt, and on process 1 a filter that drops every candidate, so the filters keep
+different numbers of negatives on the two processes; each process records its pairs per batch.
 """
 
 import json
@@ -14,10 +16,23 @@ from transformers import AutoModelForCausalLM
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
 from hf_negteacher.formats import load_rows
+from hf_negteacher.negatives import NegativeFilter
 from hf_negteacher.trainer import _example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
-loss = {"loss_type": sys.argv[3].split(",")} if len(sys.argv) > 3 else {}
+option = sys.argv[3] if len(sys.argv) > 3 else ""
+uneven = option == "uneven-filter"
+loss = {"loss_type": option.split(",")} if option and not uneven else {}
+if uneven:
+    loss["num_negatives"] = 2
+
+
+class DropEverything(NegativeFilter):
+    def apply(self, negatives, reference, kept=()):
+        self.counts["generated"] += len(negatives)
+        self.counts["filtered_test"] += len(negatives)
+        return []
+
 tokenizer = load_tokenizer(str(model_dir))
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 args = NegativeTeacherConfig(output_dir=str(output_dir), use_cpu=True, max_steps=3, per_device_train_batch_size=2,
@@ -26,13 +41,21 @@ args = NegativeTeacherConfig(output_dir=str(output_dir), use_cpu=True, max_steps
                              logging_steps=1, seed=0, **loss)
 trainer = NegativeTeacherTrainer(model, args, load_rows("bundled:train")[:16], processing_class=tokenizer,
                                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-trainer.train()
 rank = trainer.accelerator.process_index
+pairs_per_batch = []
+if uneven:
+    if rank == 1:
+        trainer.negative_filter = DropEverything()
+    with_negatives = trainer._with_negatives
+    trainer._with_negatives = lambda examples: pairs_per_batch.append(len(out := with_negatives(examples))) or out
+trainer.train()
 output_dir.mkdir(parents=True, exist_ok=True)
 prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
                  if _example_key(e) in trainer._negative_cache)
 adapter_sum = sum(p.detach().double().sum().item() for n, p in trainer.model.named_parameters() if "lora_" in n)
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
                                                             "generation_calls": trainer.generation_calls,
-                                                            "prompts": prompts, "adapter_sum": adapter_sum}))
+                                                            "prompts": prompts, "adapter_sum": adapter_sum,
+                                                            "pairs_per_batch": pairs_per_batch,
+                                                            "log_history": trainer.state.log_history}))
 trainer.save_model()

@@ -44,3 +44,19 @@ def test_token_level_loss_trains_under_ddp_with_synchronised_adapters(tiny_chat_
     shards = launch_two_processes(tiny_chat_model, smol_tokenizer, tmp_path, "sigmoid,sft,teacher_unlikelihood")
     assert shards[0]["adapter_sum"] == pytest.approx(shards[1]["adapter_sum"], rel=1e-6)
     assert all(s["generation_calls"] == 3 for s in shards)
+
+
+def test_filters_that_keep_different_numbers_on_each_process_still_give_equal_pairs(tiny_chat_model, smol_tokenizer,
+                                                                                   tmp_path):
+    # Process 1 drops every candidate: it resamples, then fills from the filtered candidates. Before the
+    # negative seam it held fewer pairs than process 0 and gloo's all_gather aborted ("collective mismatch").
+    shards = launch_two_processes(tiny_chat_model, smol_tokenizer, tmp_path, "uneven-filter")
+    assert shards[0]["pairs_per_batch"] == shards[1]["pairs_per_batch"] == [4, 4, 4]  # 2 prompts x 2 negatives
+    assert shards[0]["adapter_sum"] == pytest.approx(shards[1]["adapter_sum"], rel=1e-6)
+    logs = [entry for entry in shards[0]["log_history"] if "negatives/fallback_fraction" in entry]
+    assert len(logs) == 3
+    # Logged values are over both processes: process 1 fills all its pairs (half of all pairs), process 0 none.
+    assert all(entry["negatives/fallback_fraction"] == 0.5 for entry in logs)
+    reduced = lambda shard: [{k: v for k, v in e.items() if k.startswith(("negatives/", "teacher/"))  # noqa: E731
+                              and k != "negatives/generation_time_share"} for e in shard["log_history"]]
+    assert reduced(shards[0]) == reduced(shards[1])

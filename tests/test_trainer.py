@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, build_negative_teacher
 from hf_negteacher.formats import DataFormatError, load_rows, validate_rows
-from hf_negteacher.negatives import GenerationSettings, generate_answers
+from hf_negteacher.negatives import GenerationSettings, NegativeFilter, generate_answers
 from hf_negteacher.offline import generate_preference_dataset
 
 ROWS = load_rows("bundled:train")[:8]
@@ -36,7 +36,11 @@ def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_
                                      peft_config=lora())
     packed_before = {n: b.clone() for n, b in trainer.teacher.named_buffers()}
     initial = adapter_state(trainer)
+    generate_kwargs, teacher_generate = [], trainer.teacher.generate
+    trainer.teacher.generate = lambda *a, **k: generate_kwargs.append(k) or teacher_generate(*a, **k)
     trainer.train()
+    # The teacher is never sharded: ZeRO-3's default synced_gpus would hang processes that generate unevenly.
+    assert len(generate_kwargs) == 2 and all(k["synced_gpus"] is False for k in generate_kwargs)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
     for key in ("negatives/mean_length", "negatives/filtered_fraction", "teacher/reference_ppl",
@@ -69,8 +73,39 @@ def test_num_negatives_gives_several_pairs_per_prompt(tiny_chat_model, smol_toke
                                      ROWS, processing_class=smol_tokenizer, peft_config=lora())
     trainer.train()
     log = trainer.state.log_history[0]
-    kept = sum(len(entry[1]) for entry in trainer._negative_cache.values())
-    assert log["negatives/pairs_per_prompt"] == pytest.approx(kept / 4) and kept > 4
+    assert log["negatives/pairs_per_prompt"] == 3
+    assert all(len(entry[1]) == 3 for entry in trainer._negative_cache.values())
+
+
+class FilterFirstTries(NegativeFilter):
+    """Drops every candidate of the first `tries` generate calls of a batch, whatever it is."""
+
+    def __init__(self, tries: int) -> None:
+        super().__init__()
+        self.tries, self.seen = tries, 0
+
+    def apply(self, negatives, reference, kept=()):
+        self.seen += 1
+        if self.seen > self.tries * 4:  # 4 prompts per batch
+            return super().apply(negatives, reference, kept)
+        self.counts["generated"] += len(negatives)
+        self.counts["filtered_test"] += len(negatives)
+        return []
+
+
+@pytest.mark.parametrize("filtered_tries, fallback", [(1, 0.0), (2, 1.0)])
+def test_filtered_negatives_are_resampled_then_filled_so_every_prompt_gets_exactly_k(
+        tiny_chat_model, smol_tokenizer, tmp_path, filtered_tries, fallback):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, max_steps=1, num_negatives=2,
+                                                             negatives_max_tries=2),
+                                     ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    trainer.negative_filter = FilterFirstTries(filtered_tries)
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["negatives/pairs_per_prompt"] == 2 and log["negatives/fallback_fraction"] == fallback
+    assert log["negatives/filtered_fraction"] == pytest.approx(0.5 if filtered_tries == 1 else 1.0, abs=0.13)
+    assert trainer._calls_this_step == 2 and trainer.generation_calls == 1  # one resample call
+    assert all(len(negatives) == 2 for _, negatives in trainer._negative_cache.values())
 
 
 def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_chat_model, smol_tokenizer, tmp_path,
@@ -188,3 +223,30 @@ def test_bad_config_is_rejected(tmp_path, overrides, message):
 def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_path):
     with pytest.raises(DataFormatError, match=r"row 1: .*fits no accepted format"):
         NegativeTeacherTrainer(None, config(tmp_path), [ROWS[0], {"text": "x"}], processing_class=smol_tokenizer)
+
+
+@pytest.mark.parametrize("setting, sharded", [("none", False), ("zero2-json", False), ("zero3-json", True),
+                                              ("zero3-dict", True), ("zero3-plugin", True), ("zero3-env", True),
+                                              ("fsdp", True)])
+def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hf_negteacher.trainer import _shards_parameters
+
+    for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_USE_FSDP"):
+        monkeypatch.delenv(name, raising=False)
+    args = SimpleNamespace(fsdp=None, deepspeed=None, deepspeed_plugin=None)
+    stage = 2 if setting.startswith("zero2") else 3
+    if setting.endswith("json"):
+        (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": stage}}))
+        args.deepspeed = str(tmp_path / "ds.json")
+    elif setting.endswith("dict"):
+        args.deepspeed = {"zero_optimization": {"stage": 3}}
+    elif setting.endswith("plugin"):
+        args.deepspeed_plugin = SimpleNamespace(zero_stage=3)
+    elif setting.endswith("env"):
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    elif setting == "fsdp":
+        args.fsdp = "full_shard"
+    assert _shards_parameters(args) is sharded
