@@ -44,13 +44,6 @@ NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p
 logger = logging.getLogger("bench_quality")
 
 
-def teacher_fields(spec: str) -> dict:
-    config = TeacherConfig.from_spec(spec)
-    return {"teacher_quantizer": config.quantizer, "teacher_granularity": config.granularity,
-            "teacher_group_size": config.group_size, "teacher_blocks": list(config.blocks) if config.blocks else None,
-            "teacher_strength": config.strength}
-
-
 def load_policy(nf4: bool):
     return load_causal_lm(DEFAULT_MODEL, quantization=nf4_config() if nf4 else None)
 
@@ -66,7 +59,7 @@ def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
-                  negatives_temperature=NEGATIVE_SAMPLING.temperature, **teacher_fields(DEFAULT_TEACHER))
+                  negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=DEFAULT_TEACHER)
     policy = load_policy(nf4)
     train_rows = rows
     if method == "SFT-QLoRA":
@@ -76,7 +69,7 @@ def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool
     elif method.startswith("DPO + token-level"):
         common["loss_type"] = ["sigmoid", "sft", "teacher_unlikelihood"]
     elif method.startswith("negteacher"):
-        common |= teacher_fields(TEACHERS[method.split()[1]])
+        common["teacher"] = TEACHERS[method.split()[1]]
     elif method.startswith("self-play"):  # SPIN, first iteration: the untrained policy's own samples
         samples = generate_answers(policy, tokenizer, [p.prompt for p in pairs],
                                    GenerationSettings(**{**NEGATIVE_SAMPLING.__dict__, "seed": seed}), progress=True,

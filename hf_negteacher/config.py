@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -9,10 +10,15 @@ from trl import DPOConfig
 
 from .lowbit import dequantize_once_by_default
 from .negatives import GenerationSettings, NegativeFilter
-from .teacher_config import TeacherConfig
+from .teacher_config import TeacherConfig, TeacherConfigError
 from .token_loss import TEACHER_UNLIKELIHOOD
 
 NEGATIVES_MODES = ("online", "offline")
+DEFAULT_TEACHER = "int3,blocks=0-14"
+LEGACY_TEACHER_DEFAULTS = {"teacher_quantizer": "int3", "teacher_granularity": None, "teacher_group_size": 64,
+                           "teacher_blocks": list(range(15)), "teacher_strength": 1.0,
+                           "teacher_activation_bits": None}
+"""The teacher fields before `teacher`, with their defaults (which give DEFAULT_TEACHER)."""
 
 
 class ConfigError(ValueError):
@@ -37,18 +43,23 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "teacher_unlikelihood: the teacher's k most likely next tokens at each reference position (the "
                 "reference token excepted) are pushed down."})
 
+    teacher: str | None = field(default=None, metadata={
+        "help": "The negative teacher as one setting, `quantizer[,field=value...]`, the string `negteacher calibrate` "
+                "prints: quantizer ternary, binary, int2, int3 or int4; fields granularity (tensor/channel/group), "
+                "group_size, blocks (e.g. 0-14+20; omitted: all), strength (lambda in W + lambda (Q(W) - W)), "
+                f"activation_bits. Default: {DEFAULT_TEACHER} (about 2.7x the policy's perplexity on SmolLM2-135M)."})
     teacher_quantizer: str = field(default="int3", metadata={
-        "help": "Low-bit quantizer of the teacher: ternary, binary, int2, int3, int4."})
+        "help": "Deprecated (one more release): use `teacher`. Low-bit quantizer of the teacher."})
     teacher_granularity: str | None = field(default=None, metadata={
-        "help": "Scale granularity: tensor, channel or group (default: tensor for ternary/binary, else group)."})
-    teacher_group_size: int = field(default=64, metadata={"help": "Columns per scale when granularity is group."})
+        "help": "Deprecated (one more release): use `teacher`. Scale granularity: tensor, channel or group."})
+    teacher_group_size: int = field(default=64, metadata={
+        "help": "Deprecated (one more release): use `teacher`. Columns per scale when granularity is group."})
     teacher_blocks: list[int] | None = field(default_factory=lambda: list(range(15)), metadata={
-        "help": "Decoder blocks to quantize (others stay the policy's 4-bit layers); empty/None: all. "
-                "Default: the first 15 (about 2.7x the policy's perplexity on SmolLM2-135M)."})
+        "help": "Deprecated (one more release): use `teacher`. Decoder blocks to quantize; empty/None: all."})
     teacher_strength: float = field(default=1.0, metadata={
-        "help": "lambda in W + lambda (Q(W) - W), in (0, 1]."})
+        "help": "Deprecated (one more release): use `teacher`. lambda in W + lambda (Q(W) - W), in (0, 1]."})
     teacher_activation_bits: int | None = field(default=None, metadata={
-        "help": "Per-token activation bits (default 8 for ternary, off otherwise; 0: off)."})
+        "help": "Deprecated (one more release): use `teacher`. Per-token activation bits (0: off)."})
     teacher_dequantize_once: bool | None = field(default=None, metadata={
         "help": "Dequantize the packed layers once per generate call rather than at every decoding step: about "
                 "1.6x faster teacher generation on CPU, at the price of a transient full-precision copy of those "
@@ -103,14 +114,34 @@ class NegativeTeacherConfig(DPOConfig):
                               "answer per prompt; set negatives_temperature > 0")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
-        self.teacher_config()  # validates the teacher fields, naming them
+        self.teacher = self._resolve_teacher()
+
+    def _resolve_teacher(self) -> str:
+        """The teacher spec from `teacher`, or from the deprecated `teacher_*` fields (not both), normalized."""
+        legacy = [name for name, default in LEGACY_TEACHER_DEFAULTS.items() if getattr(self, name) != default]
+        if self.teacher is not None and legacy:
+            raise ConfigError(f"give the teacher either as teacher={self.teacher!r} or through the deprecated "
+                              f"{', '.join(legacy)}, not both")
+        try:
+            if self.teacher is not None:
+                return TeacherConfig.from_spec(self.teacher).to_spec()
+            config = TeacherConfig(
+                quantizer=self.teacher_quantizer, granularity=self.teacher_granularity,
+                group_size=self.teacher_group_size, blocks=self.teacher_blocks or None,
+                strength=self.teacher_strength, activation_bits=self.teacher_activation_bits,
+            )
+        except TeacherConfigError as error:
+            raise ConfigError(str(error)) from None
+        if legacy:
+            warnings.warn(f"{', '.join(legacy)} are deprecated and will be removed in the next release: write "
+                          f"teacher: {config.to_spec()!r}", FutureWarning, stacklevel=3)
+            for name, default in LEGACY_TEACHER_DEFAULTS.items():  # a copy of these args must not see both
+                setattr(self, name, default)
+        return config.to_spec()
 
     def teacher_config(self) -> TeacherConfig:
-        return TeacherConfig(
-            quantizer=self.teacher_quantizer, granularity=self.teacher_granularity, group_size=self.teacher_group_size,
-            blocks=self.teacher_blocks or None, strength=self.teacher_strength,
-            activation_bits=self.teacher_activation_bits,
-        )
+        """The teacher's settings, from the one `teacher` spec."""
+        return TeacherConfig.from_spec(self.teacher)
 
     def negative_filter(self) -> NegativeFilter:
         return NegativeFilter(self.filter_empty, self.filter_equal_to_reference, self.filter_duplicates)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from .files import atomic_write_json
+from .files import atomic_write_json, atomic_write_text
 from .formats import PromptAnswer, preference_row
 from .models import model_identity
 from .negatives import GenerationSettings, NegativeFilter, generate_answers
@@ -35,61 +39,131 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     metadata: settings, fingerprint, rows written and filter counts. An existing complete file with
     the same fingerprint (rows, settings, and the model, its quantization, tokenizer and chat template:
     `models.model_identity`) is reused as is.
+
+    Under several processes (`accelerate launch`) every process must call this: each writes the rows
+    `process_index::num_processes` to its own part, resumable like the whole file, and the main process
+    merges the parts in row order. Samples are deterministic for a seed and a number of processes.
     """
     path = Path(path)
-    negative_filter = dataclasses.replace(negative_filter or NegativeFilter())  # this file's counts only
+    negative_filter = negative_filter or NegativeFilter()
     generation = dataclasses.asdict(settings)
     fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected,
                                model_identity(teacher, tokenizer))
-    meta_path = path.with_name(path.name + ".meta.json")
-    if path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            logger.info("reusing %s (same model, tokenizer, teacher, generation settings and rows)", path)
-            return meta
-    partial = path.with_name(path.name + ".partial")
-    progress_path = path.with_name(path.name + ".progress.json")
-    state = {"fingerprint": fingerprint, "rows_done": 0, "bytes": 0, "rows_written": 0, "counts": {}}
-    if partial.is_file() and progress_path.is_file():
-        saved = json.loads(progress_path.read_text())
-        if saved.get("fingerprint") == fingerprint:
-            state = saved
-            logger.info("resuming %s at row %d of %d", path, state["rows_done"], len(rows))
-    negative_filter.counts.update(state["counts"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "a+b") as handle:
-        handle.truncate(state["bytes"])  # drop whatever a killed run half-wrote after the last checkpoint
-        handle.seek(state["bytes"])
-        starts = range(state["rows_done"], len(rows), settings.batch_size)
-        for start in tqdm(starts, desc="teacher negatives", disable=not progress):
-            end = min(start + settings.batch_size, len(rows))
-            batch_settings = dataclasses.replace(settings, seed=settings.seed + start)
-            negatives = generate_answers(teacher, tokenizer, [p.prompt for p in pairs[start:end]], batch_settings,
-                                         num_return_sequences=num_negatives)
-            lines = []
-            for offset, row_negatives in enumerate(negatives):
-                index = start + offset
-                candidates = row_negatives if isinstance(row_negatives, list) else [row_negatives]
-                kept = negative_filter.apply(candidates, pairs[index].answer)
-                lines += _rows_for(rows[index], index, kept, teacher_spec, generation, batch_settings.seed,
-                                   keep_dataset_rejected)
-            handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
-            handle.flush()
-            os.fsync(handle.fileno())
-            state.update(rows_done=end, bytes=handle.tell(), rows_written=state["rows_written"] + len(lines),
-                         counts=dict(negative_filter.counts))
-            atomic_write_json(progress_path, state)
-    meta = {
-        "fingerprint": fingerprint, "teacher": teacher_spec, "generation": generation,
-        "num_negatives": num_negatives, "source_rows": len(rows), "rows_written": state["rows_written"],
-        "counts": dict(negative_filter.counts), "filtered_fraction": negative_filter.filtered_fraction,
-    }
-    os.replace(partial, path)
-    atomic_write_json(meta_path, meta)
-    progress_path.unlink(missing_ok=True)
-    logger.info("wrote %s: %d pairs from %d rows (%.1f%% of negatives filtered)", path, meta["rows_written"],
-                len(rows), 100 * meta["filtered_fraction"])
-    return meta
+    meta = _complete(path, fingerprint)
+    if meta is not None:
+        logger.info("reusing %s (same model, tokenizer, teacher, generation settings and rows)", path)
+        return meta
+    job = _Job(teacher, tokenizer, rows, pairs, settings, teacher_spec, num_negatives, negative_filter,
+               keep_dataset_rejected, progress)
+    state = PartialState()
+    if state.num_processes == 1:
+        return job.write(path, fingerprint, range(len(rows)))
+    world, rank = state.num_processes, state.process_index
+    parts = [path.with_name(f"{path.name}.part{r}of{world}") for r in range(world)]
+    job.write(parts[rank], f"{fingerprint}-{rank}of{world}", range(rank, len(rows), world))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _merge(parts, path, {"fingerprint": fingerprint, "teacher": teacher_spec, "generation": generation,
+                             "num_negatives": num_negatives, "source_rows": len(rows), "processes": world})
+    state.wait_for_everyone()
+    return json.loads(_meta_path(path).read_text())
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+def _complete(path: Path, fingerprint: str) -> dict | None:
+    """The metadata of `path` when it is complete and was written for `fingerprint`, else None."""
+    meta_path = _meta_path(path)
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    return meta if meta.get("fingerprint") == fingerprint else None
+
+
+@dataclass
+class _Job:
+    """What to generate; `write` generates the rows `indices` of it into one file."""
+
+    teacher: object
+    tokenizer: object
+    rows: Sequence[dict]
+    pairs: Sequence[PromptAnswer]
+    settings: GenerationSettings
+    teacher_spec: str
+    num_negatives: int
+    negative_filter: NegativeFilter
+    keep_dataset_rejected: bool
+    progress: bool
+
+    def write(self, path: Path, fingerprint: str, indices: Sequence[int]) -> dict:
+        negative_filter = dataclasses.replace(self.negative_filter)  # this file's counts only
+        generation = dataclasses.asdict(self.settings)
+        partial = path.with_name(path.name + ".partial")
+        progress_path = path.with_name(path.name + ".progress.json")
+        finished = _complete(path, fingerprint)  # a part finished before an interruption
+        if finished is not None:
+            return finished
+        state = {"fingerprint": fingerprint, "rows_done": 0, "bytes": 0, "rows_written": 0, "counts": {}}
+        if partial.is_file() and progress_path.is_file():
+            saved = json.loads(progress_path.read_text())
+            if saved.get("fingerprint") == fingerprint:
+                state = saved
+                logger.info("resuming %s at row %d of %d", path, state["rows_done"], len(indices))
+        negative_filter.counts.update(state["counts"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "a+b") as handle:
+            handle.truncate(state["bytes"])  # drop whatever a killed run half-wrote after the last checkpoint
+            handle.seek(state["bytes"])
+            starts = range(state["rows_done"], len(indices), self.settings.batch_size)
+            for start in tqdm(starts, desc="teacher negatives", disable=not self.progress):
+                batch = indices[start:start + self.settings.batch_size]
+                batch_settings = dataclasses.replace(self.settings, seed=self.settings.seed + start)
+                negatives = generate_answers(self.teacher, self.tokenizer, [self.pairs[i].prompt for i in batch],
+                                             batch_settings, num_return_sequences=self.num_negatives)
+                lines = []
+                for index, row_negatives in zip(batch, negatives, strict=True):
+                    candidates = row_negatives if isinstance(row_negatives, list) else [row_negatives]
+                    kept = negative_filter.apply(candidates, self.pairs[index].answer)
+                    lines += _rows_for(self.rows[index], index, kept, self.teacher_spec, generation,
+                                       batch_settings.seed, self.keep_dataset_rejected)
+                handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+                state.update(rows_done=start + len(batch), bytes=handle.tell(),
+                             rows_written=state["rows_written"] + len(lines), counts=dict(negative_filter.counts))
+                atomic_write_json(progress_path, state)
+        meta = {
+            "fingerprint": fingerprint, "teacher": self.teacher_spec, "generation": generation,
+            "num_negatives": self.num_negatives, "source_rows": len(indices), "rows_written": state["rows_written"],
+            "counts": dict(negative_filter.counts), "filtered_fraction": negative_filter.filtered_fraction,
+        }
+        os.replace(partial, path)
+        atomic_write_json(_meta_path(path), meta)
+        progress_path.unlink(missing_ok=True)
+        logger.info("wrote %s: %d pairs from %d rows (%.1f%% of negatives filtered)", path, meta["rows_written"],
+                    len(indices), 100 * meta["filtered_fraction"])
+        return meta
+
+
+def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
+    """The parts' lines in row order into `path` (atomically), their counts summed; the parts are removed."""
+    metas = [json.loads(_meta_path(part).read_text()) for part in parts]
+    readers = [(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines()) for part in parts]
+    lines = heapq.merge(*readers, key=lambda line: line["negteacher"]["row"])
+    atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    counts = Counter()
+    for part_meta in metas:
+        counts.update(part_meta["counts"])
+    filtered = sum(v for k, v in counts.items() if k.startswith("filtered_"))
+    atomic_write_json(_meta_path(path), {**meta, "rows_written": sum(m["rows_written"] for m in metas),
+                                         "counts": dict(counts),
+                                         "filtered_fraction": filtered / counts["generated"] if counts["generated"]
+                                         else 0.0})
+    for part in parts:
+        part.unlink()
+        _meta_path(part).unlink()
 
 
 def _rows_for(row: dict, index: int, negatives: list[str], teacher_spec: str, generation: dict, seed: int,

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
 from torch import nn
 from trl import DPOTrainer
@@ -89,12 +88,11 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.negative_filter = args.negative_filter()
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
-            # One process writes the file; the others then find it complete and reuse it.
-            with PartialState().main_process_first():
-                if train_pairs is not None:
-                    train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train")
-                if eval_pairs is not None:
-                    eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval")
+            # Every process generates its shard of the rows; the main process merges them (offline.py).
+            if train_pairs is not None:
+                train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train")
+            if eval_pairs is not None:
+                eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval")
         else:
             # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
             # tokenization, to exactly the end-of-answer tokens that follow a generated one.

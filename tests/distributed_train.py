@@ -14,6 +14,7 @@ from pathlib import Path
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
+import hf_negteacher.offline
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
 from hf_negteacher.formats import load_rows
 from hf_negteacher.negatives import NegativeFilter
@@ -21,10 +22,16 @@ from hf_negteacher.trainer import _example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 option = sys.argv[3] if len(sys.argv) > 3 else ""
-uneven = option == "uneven-filter"
-loss = {"loss_type": option.split(",")} if option and not uneven else {}
+uneven, offline = option == "uneven-filter", option == "offline"
+loss = {"loss_type": option.split(",")} if option and not (uneven or offline) else {}
 if uneven:
     loss["num_negatives"] = 2
+if offline:
+    loss["negatives_mode"] = "offline"
+offline_prompts = []
+generate_answers = hf_negteacher.offline.generate_answers
+hf_negteacher.offline.generate_answers = lambda teacher, tokenizer, prompts, *a, **k: (
+    offline_prompts.extend(prompts) or generate_answers(teacher, tokenizer, prompts, *a, **k))
 
 
 class DropEverything(NegativeFilter):
@@ -37,7 +44,7 @@ tokenizer = load_tokenizer(str(model_dir))
 model = AutoModelForCausalLM.from_pretrained(model_dir)
 args = NegativeTeacherConfig(output_dir=str(output_dir), use_cpu=True, max_steps=3, per_device_train_batch_size=2,
                              max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6,
-                             teacher_blocks=None, teacher_group_size=32, report_to=[], save_strategy="no",
+                             teacher="int3,group_size=32", report_to=[], save_strategy="no",
                              logging_steps=1, seed=0, **loss)
 trainer = NegativeTeacherTrainer(model, args, load_rows("bundled:train")[:16], processing_class=tokenizer,
                                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
@@ -57,5 +64,6 @@ adapter_sum = sum(p.detach().double().sum().item() for n, p in trainer.model.nam
                                                             "generation_calls": trainer.generation_calls,
                                                             "prompts": prompts, "adapter_sum": adapter_sum,
                                                             "pairs_per_batch": pairs_per_batch,
+                                                            "offline_prompts": offline_prompts,
                                                             "log_history": trainer.state.log_history}))
 trainer.save_model()

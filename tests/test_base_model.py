@@ -25,8 +25,7 @@ RECIPE = """\
 load_in_4bit: false
 lora_r: 4
 lora_alpha: 8
-teacher_blocks: null
-teacher_group_size: 32
+teacher: "int3,group_size=32"
 dataset: bundled:train
 num_train_rows: 4
 eval_dataset: null
@@ -157,8 +156,8 @@ def test_offline_negatives_are_regenerated_when_model_quantization_tokenizer_or_
 
 
 def test_generate_command_regenerates_after_the_chat_template_changes(tiny_base_dir, tmp_path, caplog):
-    argv = ["generate", "--model_name_or_path", str(tiny_base_dir), "--load_in_4bit", "false", "--teacher_blocks",
-            "0", "--teacher_group_size", "32", "--num_train_rows", "2", "--eval_dataset", "", "--output_dir",
+    argv = ["generate", "--model_name_or_path", str(tiny_base_dir), "--load_in_4bit", "false", "--teacher",
+            "int3,group_size=32,blocks=0", "--num_train_rows", "2", "--eval_dataset", "", "--output_dir",
             str(tmp_path / "run"), "--negatives_max_new_tokens", "3", "--use_cpu", "true"]
     meta = tmp_path / "run" / "negatives.jsonl.meta.json"
     main(argv)

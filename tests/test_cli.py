@@ -27,10 +27,10 @@ def test_every_recipe_parses_and_validates(recipe):
 def test_sections_flatten_and_command_line_overrides_win():
     recipe = RECIPES[[p.name for p in RECIPES].index("negteacher.yaml")]
     recipe = Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "negteacher.yaml"
-    model_args, data_args, args = parse(TYPES, [str(recipe), "--max_steps", "3", "--teacher_quantizer", "int4",
+    model_args, data_args, args = parse(TYPES, [str(recipe), "--max_steps", "3", "--teacher", "int4",
                                                 "--num_train_rows", "8"], "test")
-    assert (args.max_steps, args.teacher_quantizer, data_args.num_train_rows) == (3, "int4", 8)
-    assert args.teacher_blocks == list(range(15)) and model_args.lora_r == 16 and model_args.load_in_4bit
+    assert (args.max_steps, args.teacher, data_args.num_train_rows) == (3, "int4", 8)
+    assert model_args.lora_r == 16 and model_args.load_in_4bit
     same = parse(TYPES, ["--config", str(recipe), "--max_steps", "3"], "test")[2]
     assert same.max_steps == 3 and same.loss_type == ["sigmoid", "sft"]
 
@@ -80,9 +80,9 @@ def test_help_lists_every_field_with_defaults(capsys):
         main(["train", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--teacher_quantizer", "--negatives_mode", "--refresh_every", "--lora_r", "--dataset", "--beta"):
+    for flag in ("--teacher", "--negatives_mode", "--refresh_every", "--lora_r", "--dataset", "--beta"):
         assert flag in out
-    assert "(default: int3)" in out or "default: int3" in out
+    assert "Default: int3,blocks=0-14" in " ".join(out.split())
     main_help = pytest.raises(SystemExit)
     with main_help:
         main(["--help"])

@@ -60,3 +60,19 @@ def test_filters_that_keep_different_numbers_on_each_process_still_give_equal_pa
     reduced = lambda shard: [{k: v for k, v in e.items() if k.startswith(("negatives/", "teacher/"))  # noqa: E731
                               and k != "negatives/generation_time_share"} for e in shard["log_history"]]
     assert reduced(shards[0]) == reduced(shards[1])
+
+
+def test_offline_negatives_are_generated_in_shards_and_merged_in_row_order(tiny_chat_model, smol_tokenizer,
+                                                                           tmp_path):
+    shards = launch_two_processes(tiny_chat_model, smol_tokenizer, tmp_path, "offline")
+    first, second = (s["offline_prompts"] for s in shards)
+    assert len(first) == len(second) == 8 and not set(first) & set(second)  # 16 rows, half each
+    output_dir = tmp_path / "out"
+    rows = [json.loads(line) for line in (output_dir / "negatives.jsonl").read_text().splitlines()]
+    assert [r["negteacher"]["row"] for r in rows] == sorted(r["negteacher"]["row"] for r in rows)
+    assert {r["negteacher"]["row"] for r in rows} <= set(range(16)) and len(rows) >= 14
+    meta = json.loads((output_dir / "negatives.jsonl.meta.json").read_text())
+    assert meta["source_rows"] == 16 and meta["processes"] == 2 and meta["counts"]["generated"] == 16
+    assert meta["rows_written"] == len(rows)
+    assert not list(output_dir.glob("negatives.jsonl.part*"))
+    assert shards[0]["adapter_sum"] == pytest.approx(shards[1]["adapter_sum"], rel=1e-6)

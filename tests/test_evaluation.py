@@ -31,7 +31,7 @@ def saved_tiny(tiny_chat_model, smol_tokenizer, tmp_path):
 
 def _eval(base_dir, adapter_dir, *extra):
     main(["eval", "--model_name_or_path", str(base_dir), "--load_in_4bit", "false", "--output_dir", str(adapter_dir),
-          "--use_cpu", "true", "--max_length", "128", "--teacher_blocks", "0", *extra])
+          "--use_cpu", "true", "--max_length", "128", "--teacher", "int3,blocks=0", *extra])
 
 
 @pytest.mark.parametrize("content, args, message", [
@@ -196,7 +196,7 @@ def test_contrastive_beta_changes_the_models_answers_but_not_the_teachers(saved_
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
     quality = ["--eval_dataset", str(data), "--engines", "builtin", "--generation_rows", "3", "--max_new_tokens", "6",
-               "--negatives_max_new_tokens", "6", "--teacher_quantizer", "int2"]
+               "--negatives_max_new_tokens", "6", "--teacher", "int2,blocks=0"]
 
     def answers(*extra):
         _eval(base_dir, run, *quality, *extra)

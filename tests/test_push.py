@@ -91,7 +91,7 @@ def test_trainer_push_to_hub_uploads_adapter_and_our_card(tiny_chat_model, smol_
 
     args = NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, per_device_train_batch_size=2,
                                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=4,
-                                 teacher_blocks=None, teacher_group_size=32, report_to=[], save_strategy="no",
+                                 teacher="int3,group_size=32", report_to=[], save_strategy="no",
                                  hub_model_id="you/adapter")
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, load_rows("bundled:train")[:2],
                                      processing_class=smol_tokenizer, peft_config=LoraConfig(r=2))

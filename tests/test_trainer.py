@@ -1,6 +1,7 @@
 """NegativeTeacherTrainer on a tiny Llama with SmolLM2's tokenizer: modes, refresh, resume, errors."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -18,8 +19,8 @@ ROWS = load_rows("bundled:train")[:8]
 
 def config(tmp_path, **overrides) -> NegativeTeacherConfig:
     values = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=2, per_device_train_batch_size=4,
-                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6, teacher_blocks=None,
-                  teacher_group_size=32, report_to=[], logging_steps=1, save_strategy="no", seed=0)
+                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6,
+                  teacher="int3,group_size=32", report_to=[], logging_steps=1, save_strategy="no", seed=0)
     return NegativeTeacherConfig(**{**values, **overrides})
 
 
@@ -212,12 +213,25 @@ def test_resume_from_checkpoint_finishes_like_an_uninterrupted_run(tiny_chat_mod
 @pytest.mark.parametrize("overrides, message", [
     ({"negatives_mode": "sometimes"}, r"negatives_mode='sometimes'; allowed: online, offline"),
     ({"num_negatives": 0}, r"num_negatives=0 must be >= 1"),
-    ({"teacher_quantizer": "int9"}, r"quantizer='int9' is unknown; allowed: ternary, binary, int2, int3, int4"),
+    ({"teacher": "int9"}, r"teacher quantizer='int9' is unknown; allowed: ternary, binary, int2, int3, int4"),
+    ({"teacher": "int3", "teacher_blocks": [0]}, r"either as teacher='int3' or through the deprecated teacher_blocks"),
     ({"precompute_ref_log_probs": True}, r"precompute_ref_log_probs=True needs fixed pairs"),
 ])
 def test_bad_config_is_rejected(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         config(tmp_path, **overrides)
+
+
+def test_the_teacher_is_one_spec_and_the_old_fields_still_work_with_a_warning(tmp_path):
+    assert NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True).teacher == "int3,blocks=0-14"
+    spec = config(tmp_path, teacher="ternary,strength=0.25,blocks=0-2")
+    assert spec.teacher == "ternary,blocks=0-2,strength=0.25"  # normalized, as calibrate prints it
+    assert spec.teacher_config().strength == 0.25 and spec.teacher_config().blocks == [0, 1, 2]
+    with pytest.warns(FutureWarning, match=r"teacher_quantizer, teacher_blocks are deprecated.*teacher: 'int4'"):
+        legacy = NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True, teacher_quantizer="int4",
+                                       teacher_blocks=None)
+    assert legacy.teacher == "int4" and legacy.teacher_blocks == list(range(15))  # the old fields reset
+    assert dataclasses.replace(legacy).teacher == "int4"  # a copy of the args does not see both
 
 
 def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_path):
