@@ -4,6 +4,7 @@ from .config import NegativeTeacherConfig
 from .contrastive import ContrastSettings, TeacherContrastLogitsProcessor, contrastive_answers
 from .lowbit import PackedLinear, build_negative_teacher, memory_report
 from .models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, nf4_config
+from .sources import NegativeSource, SourceRequest
 from .teacher_config import TeacherConfig, TeacherConfigError
 from .token_loss import TEACHER_UNLIKELIHOOD
 from .trainer import NegativeTeacherTrainer
@@ -12,9 +13,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "TEACHER_UNLIKELIHOOD",
     "ContrastSettings",
+    "NegativeSource",
     "NegativeTeacherConfig",
     "NegativeTeacherTrainer",
     "PackedLinear",
+    "SourceRequest",
     "TeacherConfig",
     "TeacherConfigError",
     "TeacherContrastLogitsProcessor",

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig
 
+from .losses import check_loss_types
 from .lowbit import dequantize_once_by_default
 from .negatives import GenerationSettings, NegativeFilter
+from .sources import SOURCES
 from .teacher_config import TeacherConfig, TeacherConfigError
-from .token_loss import TEACHER_UNLIKELIHOOD
 
 NEGATIVES_MODES = ("online", "offline")
 DEFAULT_TEACHER = "int3,blocks=0-14"
@@ -65,6 +66,9 @@ class NegativeTeacherConfig(DPOConfig):
                 "1.6x faster teacher generation on CPU, at the price of a transient full-precision copy of those "
                 "layers (default: on without CUDA, off on GPU)."})
 
+    negative_source: str = field(default="teacher", metadata={
+        "help": "Online: where the rejected answers come from: teacher (samples of the low-bit copy), self (the "
+                "policy's own samples, adapter on) or in_batch (other rows' references in the batch)."})
     negatives_mode: str = field(default="online", metadata={
         "help": "online: the teacher generates rejected answers inside the training loop; offline: a preference "
                 "dataset is generated once before training (see `negteacher generate`)."})
@@ -97,14 +101,20 @@ class NegativeTeacherConfig(DPOConfig):
         if self.teacher_dequantize_once is None:
             self.teacher_dequantize_once = dequantize_once_by_default()
         super().__post_init__()
+        if self.negative_source not in SOURCES:
+            raise ConfigError(f"negative_source={self.negative_source!r}; allowed: {', '.join(SOURCES)}")
+        if self.negative_source != "teacher" and self.negatives_mode == "offline":
+            raise ConfigError(f"negative_source={self.negative_source!r} is online only; offline negatives come from "
+                              "the teacher")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps={self.max_steps}: give a positive number of optimizer steps, or -1 to train "
                               f"for num_train_epochs={self.num_train_epochs:g} epochs")
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
-        if set(self.loss_type) == {TEACHER_UNLIKELIHOOD}:
-            raise ConfigError(f"loss_type={self.loss_type}: {TEACHER_UNLIKELIHOOD} only pushes tokens down; add a "
-                              "loss that pulls the reference up, e.g. [sft, teacher_unlikelihood]")
+        try:
+            check_loss_types(self.loss_type)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
                      "teacher_token_top_k", "negatives_max_tries"):
             if getattr(self, name) < 1:

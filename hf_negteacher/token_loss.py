@@ -31,9 +31,3 @@ def teacher_unlikelihood(policy_logits: torch.Tensor, teacher_logits: torch.Tens
                  "negative_prob": (probs * negative).sum() / negative.sum().clamp(min=1)}
     return loss, stats
 
-
-def split_loss_types(loss_types: list[str], loss_weights: list[float]) -> tuple[list[str], list[float], float]:
-    """TRL's loss types and weights, and the weight of `teacher_unlikelihood` (0 when absent)."""
-    trl = [(t, w) for t, w in zip(loss_types, loss_weights, strict=True) if t != TEACHER_UNLIKELIHOOD]
-    token_weight = sum(w for t, w in zip(loss_types, loss_weights, strict=True) if t == TEACHER_UNLIKELIHOOD)
-    return [t for t, _ in trl], [w for _, w in trl], float(token_weight)

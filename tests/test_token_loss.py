@@ -9,7 +9,8 @@ from test_trainer import ROWS, config, lora
 
 from hf_negteacher import NegativeTeacherTrainer
 from hf_negteacher.config import ConfigError
-from hf_negteacher.token_loss import split_loss_types, teacher_unlikelihood
+from hf_negteacher.losses import LOSS_TERMS, split_loss_types
+from hf_negteacher.token_loss import teacher_unlikelihood
 
 POLICY = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.7, 0.1]]).log()
 TEACHER = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.6, 0.1]]).log()
@@ -40,8 +41,8 @@ def test_gradient_lowers_the_pushed_down_token():
 
 def test_split_keeps_trls_types_and_weights_in_order():
     assert split_loss_types(["sigmoid", "teacher_unlikelihood", "sft"], [1.0, 0.3, 0.5]) == (
-        ["sigmoid", "sft"], [1.0, 0.5], 0.3)
-    assert split_loss_types(["sft"], [1.0]) == (["sft"], [1.0], 0.0)
+        ["sigmoid", "sft"], [1.0, 0.5], [(LOSS_TERMS["teacher_unlikelihood"], 0.3)])
+    assert split_loss_types(["sft"], [1.0]) == (["sft"], [1.0], [])
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -99,3 +100,28 @@ def test_token_loss_lowers_the_teachers_guesses_more_than_sft(tiny_chat_model, s
 
     with_token_loss = trained_negative_prob("ul", ["sft", "teacher_unlikelihood"], [1.0, 1e4])
     assert with_token_loss < 0.9 * trained_negative_prob("sft", ["sft"], None)
+
+
+def test_a_registered_loss_term_is_added_with_its_weight_without_touching_trainer_or_config(
+        tiny_chat_model, smol_tokenizer, tmp_path):
+    from hf_negteacher.losses import LossTerm, register_loss
+
+    def constant(trainer, model, inputs):
+        return torch.tensor(1.5), {"seen": torch.tensor(1.0)}
+
+    register_loss(LossTerm("test_constant", constant, reads_rejected=False, pulls_reference_up=False))
+    try:
+        with pytest.raises(ConfigError, match=r"test_constant only push tokens down"):
+            config(tmp_path, loss_type=["test_constant"])
+        sft = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / "a", loss_type=["sft"]), ROWS,
+                                     processing_class=smol_tokenizer, peft_config=lora())
+        args = config(tmp_path / "b", loss_type=["sft", "test_constant"], loss_weights=[1.0, 2.0])
+        both = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                      peft_config=lora())
+        inputs = both._prepare_inputs(next(iter(both.get_train_dataloader())))
+        with torch.no_grad():
+            difference = both.compute_loss(both.model, inputs) - sft.compute_loss(sft.model, inputs)
+        assert difference.item() == pytest.approx(3.0, abs=1e-3)
+        assert both._metrics["train"]["test_constant/seen"] == [1.0] and not both._uses_negatives
+    finally:
+        LOSS_TERMS.pop("test_constant")

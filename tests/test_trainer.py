@@ -11,7 +11,13 @@ from transformers import TrainerCallback
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, build_negative_teacher
 from hf_negteacher.formats import DataFormatError, load_rows, validate_rows
-from hf_negteacher.negatives import GenerationSettings, NegativeFilter, generate_answers
+from hf_negteacher.negatives import (
+    GenerationSettings,
+    NegativeFilter,
+    generate_answers,
+    generate_negative_ids,
+    stop_token_ids,
+)
 from hf_negteacher.offline import generate_preference_dataset
 
 ROWS = load_rows("bundled:train")[:8]
@@ -264,3 +270,51 @@ def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_
     elif setting == "fsdp":
         args.fsdp = "full_shard"
     assert _shards_parameters(args) is sharded
+
+
+def test_in_batch_source_gives_the_other_rows_references():
+    from hf_negteacher.sources import InBatchSource, SourceRequest
+
+    request = SourceRequest(prompts=[[1], [2], [3]], references=[[10], [20, 21], [30]], n=2, seed=0,
+                            settings=GenerationSettings())
+    assert InBatchSource().candidates(None, request) == [[[20, 21], [30]], [[30], [10]], [[10], [20, 21]]]
+
+
+class FixedSource:
+    """A user's own source: the same two answers for every prompt."""
+
+    name = "fixed"
+
+    def candidates(self, trainer, request):
+        return [[[11, 12], [13]] for _ in request.prompts]
+
+
+@pytest.mark.parametrize("source", ["self", "in_batch", "user"])
+def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_tokenizer, tmp_path):
+    untrained = copy.deepcopy(tiny_chat_model).eval()
+    own = FixedSource() if source == "user" else None
+    args = config(tmp_path, max_steps=1, num_negatives=2, **({} if own else {"negative_source": source}))
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer,
+                                     peft_config=lora(), negative_source=own)
+    requests, answers = [], []
+    candidates = trainer.negative_source.candidates
+    trainer.negative_source.candidates = lambda t, r: (requests.append(r) or answers.append(out := candidates(t, r))
+                                                       or out)
+    teacher_generate = trainer.teacher.generate
+    trainer.teacher.generate = lambda *a, **k: pytest.fail("the teacher generated")
+    trainer.train()
+    trainer.teacher.generate = teacher_generate
+    assert trainer.state.log_history[0]["negatives/pairs_per_prompt"] == 2
+    cached = {tuple(map(tuple, negatives)) for _, negatives in trainer._negative_cache.values()}
+    if source == "user":
+        assert cached == {((11, 12), (13,))}
+    elif source == "in_batch":
+        first = requests[0]
+        assert answers[0][0] == [list(first.references[1]), list(first.references[2])]
+    else:  # the policy's own samples; at step 0 the adapter is still zero, so the untrained model's
+        first = requests[0]
+        expected = generate_negative_ids(untrained, first.prompts, first.settings, seed=first.seed,
+                                         pad_token_id=smol_tokenizer.pad_token_id,
+                                         stop_token_ids=stop_token_ids(smol_tokenizer, untrained),
+                                         num_return_sequences=2)
+        assert answers[0] == expected
