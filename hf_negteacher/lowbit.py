@@ -178,9 +178,16 @@ def memory_report(teacher: nn.Module) -> dict[str, float]:
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The model's list of decoder blocks: the ModuleList with `config.num_hidden_layers` items."""
+    """The model's list of decoder blocks: `model.get_decoder().layers`, else the ModuleList with
+    `config.num_hidden_layers` items."""
     num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for module in model.modules():
+    try:
+        layers = model.get_decoder().layers
+    except (AttributeError, NotImplementedError):
+        layers = None
+    if isinstance(layers, nn.ModuleList) and len(layers) == num_layers:  # transformers' decoder-only models
+        return layers
+    for module in model.modules():  # others (GPT-2's `h`, ...): the ModuleList of num_hidden_layers blocks
         if isinstance(module, nn.ModuleList) and len(module) == num_layers:
             return module
     raise TeacherConfigError(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
+from trl.trainer.utils import pad
 
 
 @dataclass
@@ -136,14 +137,9 @@ def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: 
     stops = set(stop_token_ids)
     results: list[list[list[int]]] = []
     for start in range(0, len(prompt_ids), settings.batch_size):
-        chunk = prompt_ids[start:start + settings.batch_size]
-        width = max(len(p) for p in chunk)
-        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, ids in enumerate(chunk):
-            input_ids[i, width - len(ids):] = torch.tensor(list(ids))
-            attention[i, width - len(ids):] = 1
-        batch = {"input_ids": input_ids.to(device), "attention_mask": attention.to(device)}
+        chunk = [torch.tensor(list(ids), dtype=torch.long) for ids in prompt_ids[start:start + settings.batch_size]]
+        batch = {"input_ids": pad(chunk, pad_token_id, padding_side="left").to(device),
+                 "attention_mask": pad([torch.ones_like(ids) for ids in chunk], 0, padding_side="left").to(device)}
         new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences,
                                       processor, synced_gpus)
         answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
+from trl.trainer.utils import pad
 
 
 def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
@@ -30,14 +31,9 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
     results: list[tuple[float, int]] = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring answers", disable=not progress):
         rows = list(zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size], strict=True))
-        width = max(len(p) + len(a) for p, a in rows)
-        input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        completion_mask = torch.zeros_like(input_ids, dtype=torch.bool)
-        for i, (p, a) in enumerate(rows):
-            input_ids[i, : len(p) + len(a)] = torch.tensor([*p, *a])
-            attention[i, : len(p) + len(a)] = 1
-            completion_mask[i, len(p): len(p) + len(a)] = True
+        input_ids = pad([torch.tensor([*p, *a], dtype=torch.long) for p, a in rows], pad_token_id)
+        attention = pad([torch.ones(len(p) + len(a), dtype=torch.long) for p, a in rows], 0)
+        completion_mask = pad([torch.tensor([False] * len(p) + [True] * len(a)) for p, a in rows], False)
         logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         token_logprobs = logprobs.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)

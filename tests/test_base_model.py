@@ -177,3 +177,33 @@ def test_generate_command_regenerates_after_the_chat_template_changes(tiny_base_
     with caplog.at_level(logging.INFO, logger="hf_negteacher"):
         main(argv)
     assert "reusing" not in caplog.text and json.loads(meta.read_text())["fingerprint"] != first
+
+
+def test_generate_killed_mid_run_resumes_to_the_same_file(tiny_base_dir, tmp_path):
+    # A real kill (SIGKILL in the middle of the second batch), then the same command again.
+    argv = ["generate", "--model_name_or_path", str(tiny_base_dir), "--load_in_4bit", "false", "--teacher",
+            "int3,group_size=32,blocks=0", "--num_train_rows", "6", "--eval_dataset", "", "--negatives_max_new_tokens",
+            "3", "--generation_batch_size", "2", "--use_cpu", "true"]
+    killed = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import hf_negteacher.offline as offline
+        from hf_negteacher.cli import main
+        real, calls = offline.generate_answers, []
+        def dies_in_second_batch(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*args, **kwargs)
+        offline.generate_answers = dies_in_second_batch
+        main({[*argv, "--output_dir", str(killed)]!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True)
+    assert result.returncode == -9
+    assert not (killed / "negatives.jsonl").exists() and (killed / "negatives.jsonl.partial").exists()
+    progress = json.loads((killed / "negatives.jsonl.progress.json").read_text())
+    assert progress["rows_done"] == 2  # the first batch survived the kill
+    main([*argv, "--output_dir", str(killed)])
+    main([*argv, "--output_dir", str(tmp_path / "whole")])
+    assert (killed / "negatives.jsonl").read_bytes() == (tmp_path / "whole" / "negatives.jsonl").read_bytes()
+    assert not (killed / "negatives.jsonl.partial").exists()
