@@ -130,7 +130,7 @@ def generate_command(argv: list[str]) -> None:
     path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
     meta = generate_preference_dataset(
         teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
-        teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
+        teacher_spec=args.teacher, num_negatives=args.num_negatives,
         negative_filter=args.negative_filter(),
         keep_dataset_rejected=args.keep_dataset_rejected,
     )
@@ -212,7 +212,7 @@ def eval_command(argv: list[str]) -> None:
     check_window(window, stride, context)
 
     base = _load_policy(model_args, args.use_cpu)
-    teacher_spec = args.teacher_config().to_spec()
+    teacher_spec = args.teacher
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     negatives = None

@@ -54,7 +54,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         train_dataset / eval_dataset: SFT-style rows (`messages`; `prompt` + `completion`;
             `prompt` + `chosen`), as a `datasets.Dataset` or a list of dicts. In offline mode a
             dataset that already has teacher negatives (from `negteacher generate`) is used as is.
-        teacher: a prebuilt teacher; default: built from `model` with the config's `teacher_*` fields.
+        teacher: a prebuilt teacher; default: built from `model` with the config's `teacher` spec.
         teacher_weights: the checkpoint's full-precision tensors by name (`models.checkpoint_weights`),
             quantized instead of the 4-bit policy's dequantized weights.
         negative_source: your own `sources.NegativeSource` (default: the config's `negative_source`, by name).
@@ -143,7 +143,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         with materialized(self.teacher, args.teacher_dequantize_once):
             meta = generate_preference_dataset(
                 self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
-                teacher_spec=args.teacher_config().to_spec(), num_negatives=args.num_negatives,
+                teacher_spec=args.teacher, num_negatives=args.num_negatives,
                 negative_filter=self.negative_filter, keep_dataset_rejected=args.keep_dataset_rejected,
             )
         if split == "train":
@@ -165,7 +165,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             base_model=self.base_model.hub_id or str(getattr(model.config, "_name_or_path", "unknown")),
             trained_weights=self.base_model.weights,
             repo_id=args.hub_model_id or model_name or Path(args.output_dir).name,
-            teacher={"setting": args.teacher_config().to_spec(), "negatives_mode": args.negatives_mode,
+            teacher={"setting": args.teacher, "negatives_mode": args.negatives_mode,
                      "num_negatives": args.num_negatives, "refresh_every": args.refresh_every,
                      **{k: v for k, v in dataclasses.asdict(args.generation_settings()).items() if k != "batch_size"}},
             dataset_name=dataset_name or self.dataset_name,
