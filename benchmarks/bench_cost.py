@@ -24,7 +24,7 @@ from pathlib import Path
 from peft import LoraConfig
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
-from hf_negteacher.formats import load_jsonl, load_rows
+from hf_negteacher.data.rows import load_jsonl, load_rows
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
 
 COMMON = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, max_length=128, gradient_checkpointing=False,

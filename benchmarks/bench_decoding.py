@@ -22,13 +22,14 @@ from bench_quality import DEFAULT_TEACHER, load_policy, train
 from peft import PeftModel
 
 from hf_negteacher import load_tokenizer
-from hf_negteacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
-from hf_negteacher.evaluation import metric_label
-from hf_negteacher.formats import load_rows, validate_rows
-from hf_negteacher.lowbit import build_negative_teacher
+from hf_negteacher.data.rows import load_rows, validate_rows
+from hf_negteacher.evaluation.generation_quality import QualitySettings, generation_rows
+from hf_negteacher.evaluation.report import metric_label
+from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
-from hf_negteacher.quality_eval import QualitySettings, generation_rows, metrics, paired_bootstrap
-from hf_negteacher.teacher_config import TeacherConfig
+from hf_negteacher.teacher.build import build_negative_teacher
+from hf_negteacher.teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
+from hf_negteacher.teacher.spec import TeacherConfig
 
 SHOWN = ["rougeL", "chrF", "words", "cut_off_fraction"]
 BETAS = [0.1, 0.25, 0.5, 1.0]

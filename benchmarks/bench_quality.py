@@ -23,15 +23,17 @@ import torch
 from peft import LoraConfig, PeftModel
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
-from hf_negteacher.evaluation import metric_label, score_variant
-from hf_negteacher.files import atomic_write_json, atomic_write_text
-from hf_negteacher.formats import load_rows, preference_row, validate_rows
-from hf_negteacher.lowbit import build_negative_teacher
+from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
+from hf_negteacher.data.rows import load_rows, preference_row, validate_rows
+from hf_negteacher.evaluation.generation_quality import QualitySettings
+from hf_negteacher.evaluation.perplexity import EvalData
+from hf_negteacher.evaluation.preference import heldout_negatives
+from hf_negteacher.evaluation.report import metric_label, score_variant
+from hf_negteacher.evaluation.statistics import paired_bootstrap
+from hf_negteacher.generation import GenerationSettings, generate_answers
 from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights
-from hf_negteacher.negatives import GenerationSettings, generate_answers
-from hf_negteacher.perplexity_eval import EvalData
-from hf_negteacher.quality_eval import QualitySettings, heldout_negatives, paired_bootstrap
-from hf_negteacher.teacher_config import TeacherConfig
+from hf_negteacher.teacher.build import build_negative_teacher
+from hf_negteacher.teacher.spec import TeacherConfig
 
 DEFAULT_TEACHER = "int3,blocks=0-14"
 TEACHERS = {"weaker": "int4", "default": DEFAULT_TEACHER, "stronger": "int3,group_size=32"}

@@ -14,9 +14,9 @@ import time
 import torch
 
 from hf_negteacher import TeacherConfig, build_negative_teacher, load_causal_lm, load_tokenizer, memory_report
-from hf_negteacher.formats import load_rows, to_prompt_answer
-from hf_negteacher.lowbit import materialized
+from hf_negteacher.data.rows import load_rows, to_prompt_answer
 from hf_negteacher.models import DEFAULT_MODEL, nf4_config
+from hf_negteacher.teacher.layer import materialized
 
 SETTINGS = ["ternary", "ternary,activation_bits=0", "binary", "int2", "int3", "int4", "int4,strength=0.5"]
 

@@ -1,13 +1,14 @@
 """hf-negteacher: DPO against a BitNet-style low-bit copy of the model itself."""
 
-from .config import NegativeTeacherConfig
-from .contrastive import ContrastSettings, TeacherContrastLogitsProcessor, contrastive_answers
-from .lowbit import PackedLinear, build_negative_teacher, memory_report
 from .models import DEFAULT_MODEL, load_causal_lm, load_tokenizer, nf4_config
-from .sources import NegativeSource, SourceRequest
-from .teacher_config import TeacherConfig, TeacherConfigError
-from .token_loss import TEACHER_UNLIKELIHOOD
-from .trainer import NegativeTeacherTrainer
+from .teacher.build import build_negative_teacher, memory_report
+from .teacher.contrastive import ContrastSettings, TeacherContrastLogitsProcessor, contrastive_answers
+from .teacher.layer import PackedLinear
+from .teacher.spec import TeacherConfig, TeacherConfigError
+from .training.config import NegativeTeacherConfig
+from .training.negative_sources import NegativeSource, SourceRequest
+from .training.token_loss import TEACHER_UNLIKELIHOOD
+from .training.trainer import NegativeTeacherTrainer
 
 __all__ = [
     "DEFAULT_MODEL",

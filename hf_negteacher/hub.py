@@ -10,7 +10,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import atomic_write_text
+from .atomic_write import atomic_write_text
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "negteacher_adapter.md"
 TAGS = ["negteacher", "dpo", "qlora", "bitnet", "trl", "peft"]

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
-from .files import atomic_write_json
+from .atomic_write import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +276,19 @@ def checkpoint_weights(source: str) -> CheckpointWeights:
         except Exception as error:  # noqa: BLE001  (any hub failure: offline, gated, missing)
             raise ModelSourceError(f"model source {source!r}: cannot fetch its safetensors ({error})") from error
     return CheckpointWeights(resolved)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module's `training` flag off (dropout off, bitsandbytes' inference path), shared ones included,
+    restored afterwards. Unlike `model.eval()` it also reaches the layers a teacher shares with the policy,
+    which otherwise follow the policy's train/eval flag mid-training. Gradients are not affected."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        for module, _ in modes:
+            module.training = False
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+

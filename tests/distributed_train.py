@@ -14,11 +14,11 @@ from pathlib import Path
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-import hf_negteacher.offline
+import hf_negteacher.training.offline
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
-from hf_negteacher.formats import load_rows
-from hf_negteacher.negatives import NegativeFilter
-from hf_negteacher.trainer import _example_key
+from hf_negteacher.data.rows import load_rows
+from hf_negteacher.training.filters import NegativeFilter
+from hf_negteacher.training.trainer import _example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 option = sys.argv[3] if len(sys.argv) > 3 else ""
@@ -29,8 +29,8 @@ if uneven:
 if offline:
     loss["negatives_mode"] = "offline"
 offline_prompts = []
-generate_answers = hf_negteacher.offline.generate_answers
-hf_negteacher.offline.generate_answers = lambda teacher, tokenizer, prompts, *a, **k: (
+generate_answers = hf_negteacher.training.offline.generate_answers
+hf_negteacher.training.offline.generate_answers = lambda teacher, tokenizer, prompts, *a, **k: (
     offline_prompts.extend(prompts) or generate_answers(teacher, tokenizer, prompts, *a, **k))
 
 

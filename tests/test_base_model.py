@@ -15,10 +15,10 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from hf_negteacher.cli import main
-from hf_negteacher.formats import load_rows, validate_rows
+from hf_negteacher.data.rows import load_rows, validate_rows
+from hf_negteacher.generation import GenerationSettings
 from hf_negteacher.models import base_model_info, model_identity
-from hf_negteacher.negatives import GenerationSettings
-from hf_negteacher.offline import generate_preference_dataset
+from hf_negteacher.training.offline import generate_preference_dataset
 
 HUB_ID = "test-org/tiny-chat"
 RECIPE = """\
@@ -118,7 +118,7 @@ def test_offline_negatives_are_regenerated_when_model_quantization_tokenizer_or_
         tiny_chat_model, smol_tokenizer, tmp_path, monkeypatch):
     import copy
 
-    import hf_negteacher.offline as offline
+    import hf_negteacher.training.offline as offline
 
     calls = []
     real = offline.generate_answers
@@ -187,7 +187,7 @@ def test_generate_killed_mid_run_resumes_to_the_same_file(tiny_base_dir, tmp_pat
     killed = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import os, signal
-        import hf_negteacher.offline as offline
+        import hf_negteacher.training.offline as offline
         from hf_negteacher.cli import main
         real, calls = offline.generate_answers, []
         def dies_in_second_batch(*args, **kwargs):

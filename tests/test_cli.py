@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from hf_negteacher.arguments import DataArguments, NegTeacherModelConfig
 from hf_negteacher.cli import main
-from hf_negteacher.config import NegativeTeacherConfig
-from hf_negteacher.recipe import RecipeError, load_recipe, parse
+from hf_negteacher.cli.arguments import DataArguments, NegTeacherModelConfig
+from hf_negteacher.cli.recipe import RecipeError, load_recipe, parse
+from hf_negteacher.training.config import NegativeTeacherConfig
 
 TYPES = (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig)
 RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")

@@ -8,13 +8,13 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from hf_negteacher import build_negative_teacher, contrastive_answers
-from hf_negteacher.contrastive import (
+from hf_negteacher.generation import GenerationSettings, generate_answers, generate_negative_ids
+from hf_negteacher.teacher.contrastive import (
     ContrastiveDecodingError,
     ContrastSettings,
     TeacherContrastLogitsProcessor,
     contrast_with,
 )
-from hf_negteacher.negatives import GenerationSettings, generate_answers, generate_negative_ids
 
 PROMPTS = [[5, 9, 2, 7, 11, 3], [4, 8], [12, 13, 14, 15]]
 

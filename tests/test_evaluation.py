@@ -8,10 +8,16 @@ import torch
 from huggingface_hub import ModelCard
 
 from hf_negteacher.cli import main
-from hf_negteacher.evaluation import EvalRow, to_eval_results, to_markdown, write_table
-from hf_negteacher.formats import DataFormatError, PromptAnswer
+from hf_negteacher.data.rows import DataFormatError, PromptAnswer
+from hf_negteacher.evaluation.perplexity import (
+    EvalConfigError,
+    EvalData,
+    builtin_perplexity,
+    check_window,
+    load_eval_data,
+)
+from hf_negteacher.evaluation.report import EvalRow, to_eval_results, to_markdown, write_table
 from hf_negteacher.hub import render_model_card, update_card_evaluation
-from hf_negteacher.perplexity_eval import EvalConfigError, EvalData, builtin_perplexity, check_window, load_eval_data
 
 PAIRS = [PromptAnswer("Define the noun cat:", " a small domesticated feline."),
          PromptAnswer("Define the verb enroll:", " to register formally as a participant.")]
@@ -52,7 +58,7 @@ def _eval(base_dir, adapter_dir, *extra):
 ])
 def test_bad_eval_input_is_a_clear_error_before_any_model_loads(saved_tiny, tmp_path, capsys, monkeypatch,
                                                                 content, args, message):
-    import hf_negteacher.cli as cli
+    import hf_negteacher.cli.commands as cli
 
     monkeypatch.setattr(cli, "_load_policy", lambda *a: pytest.fail("a model was loaded before the check"))
     data = tmp_path / "held_out.jsonl"

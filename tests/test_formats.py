@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from hf_negteacher.formats import DataFormatError, load_rows, preference_row, to_prompt_answer, validate_rows
-from hf_negteacher.negatives import NegativeFilter
+from hf_negteacher.data.rows import DataFormatError, load_rows, preference_row, to_prompt_answer, validate_rows
+from hf_negteacher.training.filters import NegativeFilter
 
 MESSAGES = {"messages": [{"role": "user", "content": "Define cat."}, {"role": "assistant", "content": "A feline."}]}
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from hf_negteacher.formats import PromptAnswer
-from hf_negteacher.lm_eval_glue import ANSWER_TASK, run_tasks, write_tasks
-from hf_negteacher.perplexity_eval import EvalData, builtin_perplexity, lm_eval_perplexity
-from hf_negteacher.scoring import sliding_window_logprob
+from hf_negteacher.data.rows import PromptAnswer
+from hf_negteacher.evaluation.lm_eval_glue import ANSWER_TASK, run_tasks, write_tasks
+from hf_negteacher.evaluation.perplexity import EvalData, builtin_perplexity, lm_eval_perplexity
+from hf_negteacher.logprobs import sliding_window_logprob
 
 lm_eval = pytest.importorskip("lm_eval")  # the [eval] extra; .ci/run installs it
 TEXTS = [

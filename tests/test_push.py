@@ -87,7 +87,7 @@ def test_trainer_push_to_hub_uploads_adapter_and_our_card(tiny_chat_model, smol_
     from peft import LoraConfig
 
     from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer
-    from hf_negteacher.formats import load_rows
+    from hf_negteacher.data.rows import load_rows
 
     args = NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, per_device_train_batch_size=2,
                                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=4,

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from hf_negteacher.answer_metrics import answer_quality, chrf, rouge_l
-from hf_negteacher.formats import PromptAnswer
-from hf_negteacher.quality_eval import metrics, paired_bootstrap, preference_rows
-from hf_negteacher.scoring import answer_logprobs
+from hf_negteacher.data.rows import PromptAnswer
+from hf_negteacher.evaluation.answer_metrics import answer_quality, chrf, rouge_l
+from hf_negteacher.evaluation.preference import preference_rows
+from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap
+from hf_negteacher.logprobs import answer_logprobs
 
 
 def test_rouge_l_and_chrf_equal_hand_computed_values():

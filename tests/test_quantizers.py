@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from hf_negteacher.packing import pack_codes, packed_nbytes, unpack_codes
-from hf_negteacher.quantizers import dequantize, fake_quantize_activations, levels, quantize
-from hf_negteacher.teacher_config import TeacherConfig, TeacherConfigError
+from hf_negteacher.teacher.packing import pack_codes, packed_nbytes, unpack_codes
+from hf_negteacher.teacher.quantizers import dequantize, fake_quantize_activations, levels, quantize
+from hf_negteacher.teacher.spec import TeacherConfig, TeacherConfigError
 
 
 def roundtrip(weight: torch.Tensor, config: TeacherConfig) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hf_negteacher.scoring import completion_logprobs, perplexity, rolling_windows, sliding_window_logprob
+from hf_negteacher.logprobs import completion_logprobs, perplexity, rolling_windows, sliding_window_logprob
 
 TOKENS = [5, 17, 42, 8, 8, 61, 3, 90, 12]
 

@@ -14,9 +14,9 @@ from hf_negteacher import (
     nf4_config,
 )
 from hf_negteacher.cli import main
-from hf_negteacher.formats import load_rows, to_prompt_answer
+from hf_negteacher.data.rows import load_rows, to_prompt_answer
+from hf_negteacher.logprobs import answer_logprobs, perplexity
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
-from hf_negteacher.scoring import answer_logprobs, perplexity
 
 pytestmark = pytest.mark.slow
 

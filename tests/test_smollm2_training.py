@@ -17,12 +17,11 @@ from hf_negteacher import (
     nf4_config,
 )
 from hf_negteacher.cli import main
-from hf_negteacher.formats import load_rows, validate_rows
-from hf_negteacher.lowbit import inference_mode
-from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights
-from hf_negteacher.negatives import GenerationSettings, generate_answers
-from hf_negteacher.scoring import completion_logprobs
-from hf_negteacher.trainer import _example_key
+from hf_negteacher.data.rows import load_rows, validate_rows
+from hf_negteacher.generation import GenerationSettings, generate_answers
+from hf_negteacher.logprobs import completion_logprobs
+from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights, eval_mode
+from hf_negteacher.training.trainer import _example_key
 
 pytestmark = pytest.mark.slow
 ROWS = load_rows("bundled:train")[:8]
@@ -87,7 +86,7 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
     batch = smol_tokenizer(prompts[:2], return_tensors="pt", padding=True, add_special_tokens=False)
     smol_tokenizer.padding_side = side
     processor = TeacherContrastLogitsProcessor(trainer.teacher, batch["attention_mask"], ContrastSettings())
-    with inference_mode(trainer.teacher), torch.no_grad():
+    with eval_mode(trainer.teacher), torch.no_grad():
         cached = processor.teacher_log_probs(batch["input_ids"])
         for row, prompt in enumerate(prompts[:2]):
             ids = smol_tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids

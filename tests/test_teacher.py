@@ -186,7 +186,7 @@ def test_model_without_linear_layers_is_rejected():
 
 
 def test_dequantizing_once_per_generate_call_gives_the_same_outputs_and_frees_the_copy(tiny_llama):
-    from hf_negteacher.lowbit import materialized
+    from hf_negteacher.teacher.layer import materialized
 
     teacher = build_negative_teacher(tiny_llama, "int3")
     ids = torch.tensor([[1, 5, 9, 2, 7]])

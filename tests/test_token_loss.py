@@ -8,9 +8,9 @@ import torch
 from test_trainer import ROWS, config, lora
 
 from hf_negteacher import NegativeTeacherTrainer
-from hf_negteacher.config import ConfigError
-from hf_negteacher.losses import LOSS_TERMS, split_loss_types
-from hf_negteacher.token_loss import teacher_unlikelihood
+from hf_negteacher.training.config import ConfigError
+from hf_negteacher.training.losses import LOSS_TERMS, split_loss_types
+from hf_negteacher.training.token_loss import teacher_unlikelihood
 
 POLICY = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.7, 0.1]]).log()
 TEACHER = torch.tensor([[0.1, 0.3, 0.6], [0.3, 0.6, 0.1]]).log()
@@ -104,7 +104,7 @@ def test_token_loss_lowers_the_teachers_guesses_more_than_sft(tiny_chat_model, s
 
 def test_a_registered_loss_term_is_added_with_its_weight_without_touching_trainer_or_config(
         tiny_chat_model, smol_tokenizer, tmp_path):
-    from hf_negteacher.losses import LossTerm, register_loss
+    from hf_negteacher.training.losses import LossTerm, register_loss
 
     def constant(trainer, model, inputs):
         return torch.tensor(1.5), {"seen": torch.tensor(1.0)}

@@ -10,15 +10,10 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, build_negative_teacher
-from hf_negteacher.formats import DataFormatError, load_rows, validate_rows
-from hf_negteacher.negatives import (
-    GenerationSettings,
-    NegativeFilter,
-    generate_answers,
-    generate_negative_ids,
-    stop_token_ids,
-)
-from hf_negteacher.offline import generate_preference_dataset
+from hf_negteacher.data.rows import DataFormatError, load_rows, validate_rows
+from hf_negteacher.generation import GenerationSettings, generate_answers, generate_negative_ids, stop_token_ids
+from hf_negteacher.training.filters import NegativeFilter
+from hf_negteacher.training.offline import generate_preference_dataset
 
 ROWS = load_rows("bundled:train")[:8]
 
@@ -130,7 +125,7 @@ def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_ch
     assert [r["rejected"][0]["content"] for r in rows if r["negteacher"]["row"] < 3] == [d for d in direct if d]
     assert all(r["chosen"][0]["content"] == ROWS[r["negteacher"]["row"]]["messages"][-1]["content"] for r in rows)
 
-    import hf_negteacher.offline as offline
+    import hf_negteacher.training.offline as offline
 
     calls = {"n": 0}
     real = offline.generate_answers
@@ -251,7 +246,7 @@ def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_pa
 def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from hf_negteacher.trainer import _shards_parameters
+    from hf_negteacher.training.trainer import _shards_parameters
 
     for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(name, raising=False)
@@ -273,7 +268,7 @@ def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_
 
 
 def test_in_batch_source_gives_the_other_rows_references():
-    from hf_negteacher.sources import InBatchSource, SourceRequest
+    from hf_negteacher.training.negative_sources import InBatchSource, SourceRequest
 
     request = SourceRequest(prompts=[[1], [2], [3]], references=[[10], [20, 21], [30]], n=2, seed=0,
                             settings=GenerationSettings())

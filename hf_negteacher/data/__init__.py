@@ -1,7 +1,7 @@
 """The bundled dataset: English definitions derived from WordNet 3.0 (see WORDNET_LICENSE.md).
 
 `train` holds 3000 rows and `eval` 500 held-out rows; load them with
-`hf_negteacher.formats.load_rows("bundled:train")`.
+`hf_negteacher.data.rows.load_rows("bundled:train")`.
 """
 
 from pathlib import Path

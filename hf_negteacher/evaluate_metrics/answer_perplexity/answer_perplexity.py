@@ -1,12 +1,12 @@
 """Answer-only perplexity: how likely a causal LM finds each reference answer given its prompt.
 
-The same number as `negteacher eval`'s "answer ppl [builtin]" column (hf_negteacher.scoring).
+The same number as `negteacher eval`'s "answer ppl [builtin]" column (hf_negteacher.logprobs).
 """
 
 import datasets
 import evaluate
 
-from hf_negteacher.scoring import answer_logprobs, perplexity
+from hf_negteacher.logprobs import answer_logprobs, perplexity
 
 _DESCRIPTION = """Token-weighted perplexity of answers given prompts: exp(-sum of the answer tokens' log-probabilities
 / number of answer tokens), prompts not scored. Prompt and answer are tokenized separately and concatenated."""

@@ -1,13 +1,13 @@
 """Generated answers against references: ROUGE-L, chrF, mean length in words, fraction empty.
 
-The same numbers as `negteacher eval`'s generated-answer columns (hf_negteacher.answer_metrics:
+The same numbers as `negteacher eval`'s generated-answer columns (hf_negteacher.evaluation.answer_metrics:
 rouge_score's ROUGE-L F-measure, sacrebleu's sentence chrF), averaged over answers.
 """
 
 import datasets
 import evaluate
 
-from hf_negteacher.answer_metrics import answer_quality
+from hf_negteacher.evaluation.answer_metrics import answer_quality
 
 _DESCRIPTION = """Mean ROUGE-L F-measure (0..1), mean sentence chrF (0..100), mean words and the fraction of empty
 answers of `predictions` against `references` (one reference per prediction)."""

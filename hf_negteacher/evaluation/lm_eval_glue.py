@@ -7,8 +7,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from .files import atomic_write_text
-from .formats import PromptAnswer
+from ..atomic_write import atomic_write_text
+from ..data.rows import PromptAnswer
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 TEXT_TASK = "negteacher_text_ppl"

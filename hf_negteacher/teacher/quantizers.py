@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .teacher_config import TeacherConfig, TeacherConfigError
+from .spec import TeacherConfig, TeacherConfigError
 
 _EPS = 1e-8
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .lowbit import inference_mode
+from ..models import eval_mode
 from .token_loss import TEACHER_UNLIKELIHOOD, teacher_unlikelihood
 
 
@@ -64,7 +64,7 @@ def _teacher_unlikelihood_term(trainer, model, inputs) -> tuple[torch.Tensor, di
     input_ids, attention_mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
     positions = inputs["completion_mask"][:half, 1:].bool()
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    with torch.no_grad(), inference_mode(trainer.teacher):
+    with torch.no_grad(), eval_mode(trainer.teacher):
         teacher_logits = trainer.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     loss, stats = teacher_unlikelihood(logits[:, :-1][positions], teacher_logits[:, :-1][positions],
                                        input_ids[:, 1:][positions], trainer.args.teacher_token_top_k)

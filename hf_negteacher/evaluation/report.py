@@ -10,12 +10,14 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult
 
-from .files import atomic_write, atomic_write_json, atomic_write_text
-from .formats import PromptAnswer
-from .hub import dataset_label
-from .negatives import ProcessorFactory
-from .perplexity_eval import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
-from .quality_eval import QualitySettings, RowScores, generation_rows, metrics, preference_rows
+from ..atomic_write import atomic_write, atomic_write_json, atomic_write_text
+from ..data.rows import PromptAnswer
+from ..generation import ProcessorFactory
+from ..hub import dataset_label
+from .generation_quality import QualitySettings, generation_rows
+from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
+from .preference import preference_rows
+from .statistics import RowScores, metrics
 
 LABELS = {
     "answer_perplexity": "answer ppl", "answer_bits_per_byte": "answer bits/byte", "token_perplexity": "token ppl",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from .formats import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
-from .scoring import answer_logprobs, sliding_window_logprob
+from ..data.rows import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
+from ..logprobs import answer_logprobs, sliding_window_logprob
 
 ENGINES = ("builtin", "lm-eval")
 

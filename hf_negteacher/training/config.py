@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 import torch
 from trl import DPOConfig
 
+from ..generation import GenerationSettings
+from ..teacher.layer import dequantize_once_by_default
+from ..teacher.spec import TeacherConfig, TeacherConfigError
+from .filters import NegativeFilter
 from .losses import check_loss_types
-from .lowbit import dequantize_once_by_default
-from .negatives import GenerationSettings, NegativeFilter
-from .sources import SOURCES
-from .teacher_config import TeacherConfig, TeacherConfigError
+from .negative_sources import SOURCES
 
 NEGATIVES_MODES = ("online", "offline")
 DEFAULT_TEACHER = "int3,blocks=0-14"

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from .evaluation import format_value, metric_label
-from .files import atomic_write, atomic_write_json, atomic_write_text
-from .quality_eval import Difference
+from ..atomic_write import atomic_write, atomic_write_json, atomic_write_text
+from .report import format_value, metric_label
+from .statistics import Difference
 
 
 def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, confidence: float = 0.95) -> str:

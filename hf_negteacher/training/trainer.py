@@ -19,16 +19,17 @@ from torch import nn
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from ..data.rows import load_jsonl, preference_row, validate_rows
+from ..hub import last_logged_metrics, name_adapter_base, render_model_card
+from ..logprobs import completion_logprobs
+from ..models import base_model_info, eval_mode, named_as
+from ..teacher.build import build_negative_teacher
+from ..teacher.layer import materialized
 from .config import ConfigError, NegativeTeacherConfig
-from .formats import load_jsonl, preference_row, validate_rows
-from .hub import last_logged_metrics, name_adapter_base, render_model_card
 from .losses import reads_rejected, split_loss_types
-from .lowbit import build_negative_teacher, inference_mode, materialized
-from .models import base_model_info, named_as
+from .negative_sources import NegativeSource, SourceRequest, TeacherSource
+from .negative_sources import negative_source as source_named
 from .offline import generate_preference_dataset
-from .scoring import completion_logprobs
-from .sources import NegativeSource, SourceRequest, TeacherSource
-from .sources import negative_source as source_named
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self._step_stats["generated"] += self.negative_filter.counts["generated"] - generated_before
         self._step_stats["filtered"] += self.negative_filter.filtered - filtered_before
         if isinstance(self.negative_source, TeacherSource):  # how far the teacher is from the references
-            with inference_mode(self.teacher):
+            with eval_mode(self.teacher):
                 scores = completion_logprobs(self.teacher, prompts, references,
                                              pad_token_id=self._tokenizer.pad_token_id, batch_size=settings.batch_size)
             self._step_stats["reference_logprob"] += sum(score for score, _ in scores)

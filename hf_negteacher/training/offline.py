@@ -21,10 +21,11 @@ from pathlib import Path
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from .files import atomic_write_json, atomic_write_text
-from .formats import PromptAnswer, preference_row
-from .models import model_identity
-from .negatives import GenerationSettings, NegativeFilter, generate_answers
+from ..atomic_write import atomic_write_json, atomic_write_text
+from ..data.rows import PromptAnswer, preference_row
+from ..generation import GenerationSettings, generate_answers
+from ..models import model_identity
+from .filters import NegativeFilter
 
 logger = logging.getLogger(__name__)
 

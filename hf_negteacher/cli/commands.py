@@ -1,34 +1,21 @@
-"""`negteacher train|generate|calibrate|eval|push RECIPE.yaml [--field value ...]`."""
+"""One function per `negteacher` command: parse the recipe and arguments, check them, call the library."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import math
-import sys
 from pathlib import Path
 
+from ..training.config import NegativeTeacherConfig
 from .arguments import CalibrateArguments, DataArguments, EvalArguments, NegTeacherModelConfig
-from .config import NegativeTeacherConfig
 from .recipe import RecipeError, parse
 
-logger = logging.getLogger("hf_negteacher")
-
-USAGE = """usage: negteacher COMMAND [RECIPE.yaml] [--field value ...]
-
-commands:
-  train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
-  generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
-  calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
-  eval       held-out perplexity (built-in and lm-eval engines) of the base, 4-bit base, + adapter, teacher
-  push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
-
-`negteacher COMMAND --help` lists every field with its default."""
+logger = logging.getLogger(__name__)
 
 
 def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int | None):
-    from .formats import load_rows, validate_rows
+    from ..data.rows import load_rows, validate_rows
 
     rows = load_rows(source)[:limit] if limit else load_rows(source)
     return rows, validate_rows(rows, tokenizer, max_length)
@@ -39,7 +26,7 @@ def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):
     from accelerate import PartialState
     from trl.trainer.utils import get_quantization_config
 
-    from .models import load_causal_lm
+    from ..models import load_causal_lm
 
     quantization = get_quantization_config(model_args)
     device_map = None
@@ -68,7 +55,7 @@ def _epoch_steps(num_rows: int, args: NegativeTeacherConfig) -> int:
 
 
 def _prepare(argv: list[str], prog: str):
-    from .models import load_tokenizer
+    from ..models import load_tokenizer
 
     model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
     _check_output_dir(args.output_dir)
@@ -84,9 +71,9 @@ def train_command(argv: list[str]) -> None:
     from transformers.trainer_utils import get_last_checkpoint
     from trl.trainer.utils import get_peft_config
 
-    from .evaluation import adapter_perplexity_table, to_eval_results, to_markdown, write_table
-    from .models import checkpoint_weights
-    from .trainer import NegativeTeacherTrainer
+    from ..evaluation.report import adapter_perplexity_table, to_eval_results, to_markdown, write_table
+    from ..models import checkpoint_weights
+    from ..training.trainer import NegativeTeacherTrainer
 
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
@@ -120,9 +107,9 @@ def train_command(argv: list[str]) -> None:
 
 
 def generate_command(argv: list[str]) -> None:
-    from .lowbit import build_negative_teacher
-    from .models import checkpoint_weights
-    from .offline import generate_preference_dataset
+    from ..models import checkpoint_weights
+    from ..teacher.build import build_negative_teacher
+    from ..training.offline import generate_preference_dataset
 
     model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
     teacher = build_negative_teacher(_load_policy(model_args, args.use_cpu), config=args.teacher_config(),
@@ -140,10 +127,10 @@ def generate_command(argv: list[str]) -> None:
 def calibrate_command(argv: list[str]) -> None:
     from trl.trainer.utils import get_quantization_config
 
-    from .calibrate import calibrate
-    from .formats import load_rows, validate_rows
-    from .models import checkpoint_weights, load_causal_lm, load_tokenizer
-    from .negatives import GenerationSettings
+    from ..data.rows import load_rows, validate_rows
+    from ..generation import GenerationSettings
+    from ..models import checkpoint_weights, load_causal_lm, load_tokenizer
+    from ..teacher.calibrate import calibrate
 
     model_args, args = parse((NegTeacherModelConfig, CalibrateArguments), argv, "negteacher calibrate")
     grid = args.teacher_configs()
@@ -166,9 +153,11 @@ def eval_command(argv: list[str]) -> None:
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from .comparison import compare_markdown, write_comparison
-    from .contrastive import contrast_with, teacher_for_decoding
-    from .evaluation import (
+    from ..evaluation.comparison import compare_markdown, write_comparison
+    from ..evaluation.lm_eval_glue import write_tasks
+    from ..evaluation.perplexity import check_engines, check_window, load_eval_data
+    from ..evaluation.preference import heldout_negatives
+    from ..evaluation.report import (
         adapter_variants,
         model_variants,
         score_variant,
@@ -177,12 +166,11 @@ def eval_command(argv: list[str]) -> None:
         write_generations,
         write_table,
     )
-    from .hub import update_card_evaluation
-    from .lm_eval_glue import write_tasks
-    from .lowbit import build_negative_teacher
-    from .models import cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
-    from .perplexity_eval import check_engines, check_window, load_eval_data
-    from .quality_eval import heldout_negatives, paired_bootstrap
+    from ..evaluation.statistics import paired_bootstrap
+    from ..hub import update_card_evaluation
+    from ..models import cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
+    from ..teacher.build import build_negative_teacher
+    from ..teacher.contrastive import contrast_with, teacher_for_decoding
 
     model_args, data_args, args, eval_args = parse(
         (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig, EvalArguments), argv, "negteacher eval")
@@ -267,7 +255,7 @@ def push_command(argv: list[str]) -> None:
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError, HTTPError, OfflineModeIsEnabled
 
-    from .hub import local_base_model
+    from ..hub import local_base_model
 
     _, _, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, "negteacher push")
     folder = Path(args.output_dir)
@@ -302,32 +290,3 @@ def push_command(argv: list[str]) -> None:
 
 PUSHED_FILES = ["adapter_model.safetensors", "adapter_config.json", "README.md", "eval.md", "eval.json", "eval.png",
                 "tokenizer*", "chat_template.jinja"]
-
-
-COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
-            "eval": eval_command, "push": push_command}
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        sys.exit(0 if argv else 2)
-    if argv[0] not in COMMANDS:
-        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        print(f"negteacher: unknown command {argv[0]!r}; {hint}(commands: {', '.join(COMMANDS)}; see "
-              "negteacher --help)", file=sys.stderr)
-        sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        COMMANDS[argv[0]](argv[1:])
-    except (RecipeError, ValueError, FileNotFoundError) as error:
-        if isinstance(error, RecipeError) or type(error).__module__.startswith("hf_negteacher"):
-            print(f"negteacher {argv[0]}: {error}", file=sys.stderr)
-            sys.exit(2)
-        raise
-
-
-if __name__ == "__main__":
-    main()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write, atomic_write_json, atomic_write_text
-from .formats import PromptAnswer
-from .lowbit import build_negative_teacher, memory_report
-from .negatives import GenerationSettings, generate_answers
-from .scoring import answer_logprobs, perplexity
-from .teacher_config import TeacherConfig
+from ..atomic_write import atomic_write, atomic_write_json, atomic_write_text
+from ..data.rows import PromptAnswer
+from ..generation import GenerationSettings, generate_answers
+from ..logprobs import answer_logprobs, perplexity
+from .build import build_negative_teacher, memory_report
+from .spec import TeacherConfig
 
 logger = logging.getLogger(__name__)
 

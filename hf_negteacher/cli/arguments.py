@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig
 
-from .calibrate import DEFAULT_TARGET_RATIO
-from .contrastive import ContrastSettings
-from .models import DEFAULT_MODEL
-from .quality_eval import QualitySettings
-from .teacher_config import TeacherConfig, default_grid
+from ..evaluation.generation_quality import QualitySettings
+from ..models import DEFAULT_MODEL
+from ..teacher.calibrate import DEFAULT_TARGET_RATIO
+from ..teacher.contrastive import ContrastSettings
+from ..teacher.spec import TeacherConfig, default_grid
 
 
 class ArgumentError(ValueError):

@@ -15,8 +15,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .lowbit import inference_mode, materialized
-from .negatives import GenerationSettings, generate_negative_ids, stop_token_ids
+from ..generation import GenerationSettings, generate_negative_ids, stop_token_ids
+from ..models import eval_mode
+from ..teacher.layer import materialized
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def negative_source(name: str) -> NegativeSource:
 @torch.no_grad()
 def _sample(trainer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
     tokenizer = trainer.processing_class
-    with inference_mode(model):
+    with eval_mode(model):
         return generate_negative_ids(model, request.prompts, request.settings, seed=request.seed,
                                      pad_token_id=tokenizer.pad_token_id,
                                      stop_token_ids=stop_token_ids(tokenizer, model),

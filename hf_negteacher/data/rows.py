@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import BUNDLED_SPLITS
+from ..data import BUNDLED_SPLITS
 
 ACCEPTED_FORMATS = (
     "conversational `messages` (the last assistant turn is the reference); "

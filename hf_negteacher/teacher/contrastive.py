@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from transformers import LogitsProcessor
 
-from .lowbit import dequantize_once_by_default, inference_mode, materialized
-from .negatives import GenerationSettings, generate_answers
+from ..generation import GenerationSettings, generate_answers
+from ..models import eval_mode
+from .layer import dequantize_once_by_default, materialized
 
 
 class ContrastiveDecodingError(ValueError):
@@ -99,7 +100,7 @@ def teacher_for_decoding(teacher: nn.Module, dequantize_once: bool | None = None
     """The teacher in inference mode, its packed layers dequantized once for the block (default: without CUDA)."""
     if dequantize_once is None:
         dequantize_once = dequantize_once_by_default()
-    with inference_mode(teacher), materialized(teacher, dequantize_once):
+    with eval_mode(teacher), materialized(teacher, dequantize_once):
         yield teacher
 
 

@@ -1,0 +1,49 @@
+"""`negteacher train|generate|calibrate|eval|push RECIPE.yaml [--field value ...]`."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+
+from .commands import calibrate_command, eval_command, generate_command, push_command, train_command
+from .recipe import RecipeError
+
+USAGE = """usage: negteacher COMMAND [RECIPE.yaml] [--field value ...]
+
+commands:
+  train      train a LoRA adapter against the negative teacher (NegativeTeacherTrainer)
+  generate   write the offline preference dataset (prompt, chosen, rejected) with the teacher
+  calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
+  eval       held-out perplexity (built-in and lm-eval engines) of the base, 4-bit base, + adapter, teacher
+  push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
+
+`negteacher COMMAND --help` lists every field with its default."""
+
+
+
+COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
+            "eval": eval_command, "push": push_command}
+
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if argv else 2)
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"negteacher: unknown command {argv[0]!r}; {hint}(commands: {', '.join(COMMANDS)}; see "
+              "negteacher --help)", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except (RecipeError, ValueError, FileNotFoundError) as error:
+        if isinstance(error, RecipeError) or type(error).__module__.startswith("hf_negteacher"):
+            print(f"negteacher {argv[0]}: {error}", file=sys.stderr)
+            sys.exit(2)
+        raise
+

@@ -1,0 +1,65 @@
+"""Generated-answer quality: held-out answers, greedy or sampled, scored against the references."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.rows import PromptAnswer
+from ..generation import GenerationSettings, ProcessorFactory, generate_negative_ids, stop_token_ids
+from .answer_metrics import answer_quality
+from .perplexity import EvalConfigError
+
+
+@dataclass
+class QualitySettings:
+    """How held-out answers are generated for the quality metrics."""
+
+    generation_rows: int = 100
+    max_new_tokens: int = 64
+    num_samples: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 16
+
+    def check(self) -> None:
+        for name in ("generation_rows", "max_new_tokens", "num_samples", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise EvalConfigError(f"{name}={getattr(self, name)}: expected a positive integer")
+        if self.num_samples > 1 and self.temperature <= 0:
+            raise EvalConfigError(f"num_samples={self.num_samples} with temperature 0 (greedy) repeats one answer; "
+                                  "set temperature > 0")
+
+    def generation(self) -> GenerationSettings:
+        return GenerationSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                  top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
+
+
+
+def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: QualitySettings,
+                    processor: ProcessorFactory | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Per prompt: mean rougeL, chrF, words, empty and cut-off (no end of turn within max_new_tokens) over
+    `num_samples` answers; and one readable record per prompt. `processor`: as in `generate_answers`
+    (contrastive decoding)."""
+    from tqdm.auto import tqdm
+
+    pairs = list(pairs)[: settings.generation_rows]
+    prompt_ids = tokenizer([p.prompt for p in pairs], add_special_tokens=False).input_ids
+    generated = []
+    for start in tqdm(range(0, len(pairs), settings.batch_size), desc="generating answers"):
+        generated += generate_negative_ids(
+            model, prompt_ids[start:start + settings.batch_size], settings.generation(), seed=settings.seed + start,
+            pad_token_id=tokenizer.pad_token_id, stop_token_ids=stop_token_ids(tokenizer, model),
+            num_return_sequences=settings.num_samples, processor=processor)
+    answers = [[tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in samples] for samples in generated]
+    flat = answer_quality([a for samples in answers for a in samples],
+                          [p.answer for p, samples in zip(pairs, answers, strict=True) for _ in samples])
+    flat["cut_off"] = [float(len(ids) >= settings.max_new_tokens) for samples in generated for ids in samples]
+    rows = {key: np.array(values).reshape(len(pairs), settings.num_samples).mean(1) for key, values in flat.items()}
+    records = [{"answers": samples, "rougeL": float(rows["rougeL"][i]), "chrF": float(rows["chrF"][i])}
+               for i, samples in enumerate(answers)]
+    return rows, records
+
