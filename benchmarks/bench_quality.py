@@ -24,13 +24,14 @@ from peft import LoraConfig, PeftModel
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
-from hf_negteacher.data.rows import load_rows, preference_row, validate_rows
+from hf_negteacher.data.rows import load_rows, validate_rows
 from hf_negteacher.evaluation.generation_quality import QualitySettings
 from hf_negteacher.evaluation.perplexity import EvalData
 from hf_negteacher.evaluation.preference import heldout_negatives
-from hf_negteacher.evaluation.report import metric_label, score_variant
+from hf_negteacher.evaluation.report import metric_label
+from hf_negteacher.evaluation.runner import score_variant
 from hf_negteacher.evaluation.statistics import paired_bootstrap
-from hf_negteacher.generation import GenerationSettings, generate_answers
+from hf_negteacher.generation import GenerationSettings
 from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights
 from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.spec import TeacherConfig
@@ -38,8 +39,8 @@ from hf_negteacher.teacher.spec import TeacherConfig
 DEFAULT_TEACHER = "int3,blocks=0-14"
 TEACHERS = {"weaker": "int4", "default": DEFAULT_TEACHER, "stronger": "int3,group_size=32"}
 METHODS = ["SFT-QLoRA", "negteacher weaker (int4)", f"negteacher default ({DEFAULT_TEACHER})",
-           "negteacher stronger (int3,group_size=32)", "self-play (policy's own samples)",
-           "in-batch (another row's reference)", "token-level (sft + teacher_unlikelihood, no generation)",
+           "negteacher stronger (int3,group_size=32)", "self-play (policy's own samples, online)",
+           "in-batch (other rows' references in the batch)", "token-level (sft + teacher_unlikelihood, no generation)",
            "DPO + token-level (default teacher)"]
 SHOWN = ["answer_perplexity/builtin", "rougeL", "chrF", "preference_accuracy", "words"]
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
@@ -50,20 +51,13 @@ def load_policy(nf4: bool):
     return load_causal_lm(DEFAULT_MODEL, quantization=nf4_config() if nf4 else None)
 
 
-def fixed_negative_rows(rows: list[dict], rejected: list[str], source: str) -> list[dict]:
-    """Preference rows with a given rejected answer each (the trainer takes them as they are)."""
-    return [{**preference_row(row), "rejected": [{"role": "assistant", "content": text}],
-             "negteacher": {"source": source}} for row, text in zip(rows, rejected, strict=True)]
-
-
-def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool, tokenizer, weights, work: Path):
+def train(method: str, rows: list[dict], seed: int, steps: int, nf4: bool, tokenizer, weights, work: Path):
     common = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
                   negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=DEFAULT_TEACHER)
     policy = load_policy(nf4)
-    train_rows = rows
     if method == "SFT-QLoRA":
         common["loss_type"] = ["sft"]
     elif method.startswith("token-level"):
@@ -72,17 +66,11 @@ def train(method: str, rows: list[dict], pairs, seed: int, steps: int, nf4: bool
         common["loss_type"] = ["sigmoid", "sft", "teacher_unlikelihood"]
     elif method.startswith("negteacher"):
         common["teacher"] = TEACHERS[method.split()[1]]
-    elif method.startswith("self-play"):  # SPIN, first iteration: the untrained policy's own samples
-        samples = generate_answers(policy, tokenizer, [p.prompt for p in pairs],
-                                   GenerationSettings(**{**NEGATIVE_SAMPLING.__dict__, "seed": seed}), progress=True,
-                                   desc="self-play negatives")
-        train_rows = fixed_negative_rows(rows, samples, "self-play")
-        common["negatives_mode"] = "offline"  # fixed pairs, taken as they are
+    elif method.startswith("self-play"):  # SPIN's opponent: the policy's own samples, online (adapter on)
+        common["negative_source"] = "self"
     else:
-        train_rows = fixed_negative_rows(rows, [pairs[(i + 1) % len(pairs)].answer for i in range(len(pairs))],
-                                         "in-batch")
-        common["negatives_mode"] = "offline"
-    trainer = NegativeTeacherTrainer(policy, NegativeTeacherConfig(**common), train_rows, processing_class=tokenizer,
+        common["negative_source"] = "in_batch"
+    trainer = NegativeTeacherTrainer(policy, NegativeTeacherConfig(**common), rows, processing_class=tokenizer,
                                      peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
                                                             target_modules="all-linear"),
                                      teacher_weights=weights)
@@ -170,7 +158,6 @@ def main() -> None:
                 f"vs one {DEFAULT_TEACHER} negative each), {quality.generation_rows} generated greedily"]
     for steps in budgets:
         train_rows = load_rows("bundled:train")[: 4 * steps]
-        pairs = validate_rows(train_rows, tokenizer)
         results: dict[str, list[dict]] = {"4-bit base, untrained" if nf4 else "base, untrained": [base_result]}
         for method in args.methods:
             results[method] = []
@@ -179,7 +166,7 @@ def main() -> None:
                 result_file = output / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-rows={eval_rows}.json"
                 if not result_file.is_file():
                     work = output / "adapters" / result_file.stem
-                    seconds = train(method, train_rows, pairs, seed, steps, nf4, tokenizer, weights, work)
+                    seconds = train(method, train_rows, seed, steps, nf4, tokenizer, weights, work)
                     model = PeftModel.from_pretrained(load_policy(nf4), str(work)).eval()
                     atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
                                                     "train_seconds": seconds})

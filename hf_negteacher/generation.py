@@ -8,26 +8,32 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from trl.trainer.utils import pad
 
 
 @dataclass
 class GenerationSettings:
-    """How the teacher samples its answers."""
+    """How answers are sampled: the sampling fields of a `transformers.GenerationConfig`
+    (`generation_config` builds it), plus the seed and the batch size, which `generate` has no field for."""
 
     max_new_tokens: int = 48
     temperature: float = 0.7
+    """0: greedy."""
     top_p: float = 0.95
     top_k: int = 0
+    """0: off."""
     seed: int = 0
     batch_size: int = 16
 
-    def generate_kwargs(self) -> dict:
+    def generation_config(self, **fields) -> GenerationConfig:
+        """These settings (and `fields`) as a `GenerationConfig`, checked by transformers. What it leaves unset
+        (end-of-turn tokens, ...) comes from the model's own generation config when `generate` runs."""
         if self.temperature <= 0:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "max_new_tokens": self.max_new_tokens}
+            sampling = {"do_sample": False}
+        else:
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, **sampling, **fields)
 
 
 # Makes a fresh logits processor for one generate call from that call's attention mask (it may keep state,
@@ -45,8 +51,9 @@ def _seeded_generate(model, batch: dict, settings: GenerationSettings, seed: int
         extra["synced_gpus"] = synced_gpus
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        output = model.generate(**batch, **settings.generate_kwargs(), use_cache=True, pad_token_id=pad_token_id,
-                                num_return_sequences=num_return_sequences, **extra)
+        config = settings.generation_config(use_cache=True, pad_token_id=pad_token_id,
+                                            num_return_sequences=num_return_sequences)
+        output = model.generate(**batch, generation_config=config, **extra)
     return output[:, batch["input_ids"].shape[1]:]
 
 

@@ -39,3 +39,15 @@ def tiny_base_dir(tiny_chat_model, smol_tokenizer, tmp_path):
     tiny_chat_model.save_pretrained(folder)
     smol_tokenizer.save_pretrained(folder)
     return folder
+
+
+def answer_logprob_by_hand(model, tokenizer, prompt: str, answer: str) -> tuple[float, int]:
+    """(summed log-probability of the answer's tokens after the prompt, their number), from one plain forward:
+    an expected value computed apart from `hf_negteacher.logprobs`."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    total = sum(logprobs[len(prompt_ids) - 1 + i, token].item() for i, token in enumerate(answer_ids))
+    return total, len(answer_ids)

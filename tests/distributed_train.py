@@ -18,7 +18,7 @@ import hf_negteacher.training.offline
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
 from hf_negteacher.data.rows import load_rows
 from hf_negteacher.training.filters import NegativeFilter
-from hf_negteacher.training.trainer import _example_key
+from hf_negteacher.training.negative_sources import example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 option = sys.argv[3] if len(sys.argv) > 3 else ""
@@ -49,6 +49,9 @@ args = NegativeTeacherConfig(output_dir=str(output_dir), use_cpu=True, max_steps
 trainer = NegativeTeacherTrainer(model, args, load_rows("bundled:train")[:16], processing_class=tokenizer,
                                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
 rank = trainer.accelerator.process_index
+lora_sum = lambda: sum(p.detach().double().sum().item()  # noqa: E731
+                       for n, p in trainer.model.named_parameters() if "lora_" in n)
+adapter_sum_before = lora_sum()
 pairs_per_batch = []
 if uneven:
     if rank == 1:
@@ -58,11 +61,12 @@ if uneven:
 trainer.train()
 output_dir.mkdir(parents=True, exist_ok=True)
 prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
-                 if _example_key(e) in trainer._negative_cache)
-adapter_sum = sum(p.detach().double().sum().item() for n, p in trainer.model.named_parameters() if "lora_" in n)
+                 if example_key(e) in trainer._negative_cache)
+adapter_sum = lora_sum()
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
                                                             "generation_calls": trainer.generation_calls,
                                                             "prompts": prompts, "adapter_sum": adapter_sum,
+                                                            "adapter_sum_before": adapter_sum_before,
                                                             "pairs_per_batch": pairs_per_batch,
                                                             "offline_prompts": offline_prompts,
                                                             "log_history": trainer.state.log_history}))

@@ -12,6 +12,7 @@ import textwrap
 import torch
 from huggingface_hub import ModelCard
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from hf_negteacher.cli import main
@@ -98,6 +99,8 @@ def test_without_a_hub_id_the_adapter_names_the_local_folder_and_push_refuses_it
     output_dir = train_tiny(tiny_base_dir, tmp_path, "--max_steps", "1", "--save_strategy", "no")
     assert json.loads((output_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
         tiny_base_dir)
+    saved = load_file(output_dir / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)  # one step moved the adapter
     try:
         main(["push", "--output_dir", str(output_dir), "--hub_model_id", "you/adapter"])
     except SystemExit as exit_info:

@@ -1,10 +1,12 @@
 """`negteacher eval`'s pieces: data checks before any model loads, the table, the card, the evaluate module."""
 
 import json
+import math
 import re
 
 import pytest
 import torch
+from conftest import answer_logprob_by_hand
 from huggingface_hub import ModelCard
 
 from hf_negteacher.cli import main
@@ -144,6 +146,9 @@ def test_evaluate_module_loads_offline_by_path_and_gives_the_built_in_number(tin
                             model=tiny_chat_model.eval(), tokenizer=smol_tokenizer)
     expected = builtin_perplexity(tiny_chat_model, smol_tokenizer, EvalData("pairs", pairs=PAIRS))
     assert result["perplexity"] == pytest.approx(expected["answer_perplexity/builtin"], rel=1e-6)
+    by_hand = [answer_logprob_by_hand(tiny_chat_model, smol_tokenizer, p.prompt, p.answer) for p in PAIRS]
+    assert result["perplexity"] == pytest.approx(math.exp(-sum(s for s, _ in by_hand) / sum(n for _, n in by_hand)),
+                                                 rel=1e-5)
     assert len(result["perplexities"]) == 2 and result["tokens"] == sum(
         len(smol_tokenizer(p.answer).input_ids) for p in PAIRS)
     with pytest.raises(ValueError, match="no evaluate module 'bleu'; available: answer_perplexity"):
@@ -172,6 +177,8 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
         assert {"answer_perplexity/builtin", "rougeL", "chrF", "words", "cut_off_fraction", "preference_accuracy",
                 "preference_margin"} <= set(metrics)
         assert 0 <= metrics["rougeL"] <= 1 and 0 <= metrics["preference_accuracy"] <= 1
+    # the saved adapter is untrained (LoRA B = 0): the adapter row must equal the base row, value for value
+    assert rows["base + adapter"] == pytest.approx(rows["base"], rel=1e-6)
     generations = [json.loads(line) for line in (run_a / "generations.jsonl").read_text().splitlines()]
     assert [g["row"] for g in generations] == [0, 1, 2]  # one row per prompt, --generation_rows of them
     assert generations[0]["reference"] == QA_ROWS[0]["completion"] and "teacher_negative" in generations[0]

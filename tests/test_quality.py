@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import answer_logprob_by_hand
 
 from hf_negteacher.data.rows import PromptAnswer
 from hf_negteacher.evaluation.answer_metrics import answer_quality, chrf, rouge_l
 from hf_negteacher.evaluation.preference import preference_rows
 from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap
-from hf_negteacher.logprobs import answer_logprobs
 
 
 def test_rouge_l_and_chrf_equal_hand_computed_values():
@@ -32,8 +32,9 @@ def test_preference_accuracy_on_planted_pairs_gives_the_known_answer(tiny_chat_m
     negatives = [" a small feline and more", " a loyal canine", ""]
     rows = preference_rows(tiny_chat_model, smol_tokenizer, pairs + [PromptAnswer("x:", " y")], negatives)
     assert rows["preference_correct"].tolist() == [1.0, 0.0]  # the empty negative's row is left out
-    reference = answer_logprobs(tiny_chat_model, smol_tokenizer, [p.prompt for p in pairs], [p.answer for p in pairs])
-    negative = answer_logprobs(tiny_chat_model, smol_tokenizer, [p.prompt for p in pairs], negatives[:2])
+    reference = [answer_logprob_by_hand(tiny_chat_model, smol_tokenizer, p.prompt, p.answer) for p in pairs]
+    negative = [answer_logprob_by_hand(tiny_chat_model, smol_tokenizer, p.prompt, n)
+                for p, n in zip(pairs, negatives, strict=False)]
     expected_margin = np.mean([r[0] - n[0] for r, n in zip(reference, negative, strict=True)])
     scored = metrics({"preference": rows})
     assert scored["preference_accuracy"] == 0.5

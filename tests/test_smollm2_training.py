@@ -21,7 +21,7 @@ from hf_negteacher.data.rows import load_rows, validate_rows
 from hf_negteacher.generation import GenerationSettings, generate_answers
 from hf_negteacher.logprobs import completion_logprobs
 from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights, eval_mode
-from hf_negteacher.training.trainer import _example_key
+from hf_negteacher.training.negative_sources import example_key
 
 pytestmark = pytest.mark.slow
 ROWS = load_rows("bundled:train")[:8]
@@ -53,8 +53,8 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
     # and none is the dataset's reference.
     prompts, negatives = [], []
     for example in trainer.train_dataset:
-        key = _example_key(example)
-        for negative in trainer._negative_cache[key][1]:
+        key = example_key(example)
+        for negative in trainer._negative_cache[key][2]:
             prompts.append(example["prompt_ids"])
             negatives.append(negative)
             assert negative != example["chosen_ids"][: len(negative)] or len(negative) < 3

@@ -145,6 +145,7 @@ def test_teacher_from_a_4bit_model_shares_the_unquantized_4bit_blocks(tiny_llama
     report = memory_report(teacher)
     assert report["quantized_layers"] == 7
     assert torch.isfinite(teacher(input_ids=IDS, labels=IDS).loss)
+    assert teacher(input_ids=IDS, labels=IDS).loss.item() != pytest.approx(loss(policy, IDS), abs=1e-6)  # block 0
     # bitsandbytes repacks 4-bit weights for its CPU kernel at the first eval-mode forward: a
     # teacher built after that must quantize the same weights as one built before.
     with torch.no_grad():

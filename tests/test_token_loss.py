@@ -84,6 +84,7 @@ def test_trainer_adds_the_weighted_token_loss_to_trls_and_generates_nothing(tiny
     both.args.max_steps = 2
     both.train()
     assert both.generation_calls == 0
+    assert any(p.abs().sum() > 0 for n, p in both.model.named_parameters() if "lora_B" in n)  # it trained
     logs = [entry for entry in both.state.log_history if "loss" in entry]
     assert 0 < logs[0]["teacher_unlikelihood/teacher_wrong"] <= 1
 

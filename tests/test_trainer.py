@@ -13,6 +13,7 @@ from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, build_n
 from hf_negteacher.data.rows import DataFormatError, load_rows, validate_rows
 from hf_negteacher.generation import GenerationSettings, generate_answers, generate_negative_ids, stop_token_ids
 from hf_negteacher.training.filters import NegativeFilter
+from hf_negteacher.training.negative_sources import example_key
 from hf_negteacher.training.offline import generate_preference_dataset
 
 ROWS = load_rows("bundled:train")[:8]
@@ -31,6 +32,11 @@ def lora() -> LoraConfig:
 
 def adapter_state(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_" in k}
+
+
+def trained(trainer) -> bool:
+    """LoRA B starts at zero: any nonzero B means the optimizer moved the adapter."""
+    return any(v.abs().sum() > 0 for k, v in adapter_state(trainer).items() if "lora_B" in k)
 
 
 def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_chat_model, smol_tokenizer, tmp_path):
@@ -54,7 +60,7 @@ def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_
     assert any(not torch.equal(initial[k], after[k]) for k in initial)
     assert all(torch.equal(packed_before[n], b) for n, b in trainer.teacher.named_buffers())
     assert trainer.generation_calls == 2
-    cached = [entry[1] for entry in trainer._negative_cache.values()]
+    cached = [entry[2] for entry in trainer._negative_cache.values()]
     assert len(cached) == 8 and all(len(n) == 1 and 0 < len(n[0]) <= 6 for n in cached)
 
 
@@ -67,6 +73,7 @@ def test_refresh_every_reuses_cached_negatives(tiny_chat_model, smol_tokenizer, 
                                    processing_class=smol_tokenizer, peft_config=lora())
     reuse.train()
     assert fresh.generation_calls == 4 and reuse.generation_calls == 2
+    assert trained(fresh) and trained(reuse)
 
 
 def test_num_negatives_gives_several_pairs_per_prompt(tiny_chat_model, smol_tokenizer, tmp_path):
@@ -76,7 +83,8 @@ def test_num_negatives_gives_several_pairs_per_prompt(tiny_chat_model, smol_toke
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["negatives/pairs_per_prompt"] == 3
-    assert all(len(entry[1]) == 3 for entry in trainer._negative_cache.values())
+    assert all(len(entry[2]) == 3 for entry in trainer._negative_cache.values())
+    assert trained(trainer)
 
 
 class FilterFirstTries(NegativeFilter):
@@ -107,7 +115,8 @@ def test_filtered_negatives_are_resampled_then_filled_so_every_prompt_gets_exact
     assert log["negatives/pairs_per_prompt"] == 2 and log["negatives/fallback_fraction"] == fallback
     assert log["negatives/filtered_fraction"] == pytest.approx(0.5 if filtered_tries == 1 else 1.0, abs=0.13)
     assert trainer._calls_this_step == 2 and trainer.generation_calls == 1  # one resample call
-    assert all(len(negatives) == 2 for _, negatives in trainer._negative_cache.values())
+    assert all(len(negatives) == 2 for _, _, negatives in trainer._negative_cache.values())
+    assert trained(trainer)
 
 
 def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_chat_model, smol_tokenizer, tmp_path,
@@ -152,8 +161,11 @@ def test_offline_training_consumes_the_generated_dataset(tiny_chat_model, smol_t
     args = config(tmp_path, negatives_mode="offline", max_steps=1)
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
     assert (tmp_path / "negatives.jsonl").is_file() and trainer.negatives_meta["source_rows"] == 8
+    initial = adapter_state(trainer)
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    assert any(not torch.equal(initial[k], v) for k, v in adapter_state(trainer).items())
+    assert trainer.generation_calls == 0  # the pairs come from the file, nothing is generated while training
 
 
 KNOWN_WRONG = [{"role": "assistant", "content": "I do not know."}]
@@ -206,7 +218,7 @@ def test_resume_from_checkpoint_finishes_like_an_uninterrupted_run(tiny_chat_mod
     resumed.train(resume_from_checkpoint=str(interrupted_dir / "checkpoint-2"))
     assert resumed.state.global_step == 4
     a, b = adapter_state(whole), adapter_state(resumed)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and trained(whole)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
@@ -299,8 +311,8 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
     trainer.teacher.generate = lambda *a, **k: pytest.fail("the teacher generated")
     trainer.train()
     trainer.teacher.generate = teacher_generate
-    assert trainer.state.log_history[0]["negatives/pairs_per_prompt"] == 2
-    cached = {tuple(map(tuple, negatives)) for _, negatives in trainer._negative_cache.values()}
+    assert trainer.state.log_history[0]["negatives/pairs_per_prompt"] == 2 and trained(trainer)
+    cached = {tuple(map(tuple, negatives)) for _, _, negatives in trainer._negative_cache.values()}
     if source == "user":
         assert cached == {((11, 12), (13,))}
     elif source == "in_batch":
@@ -308,8 +320,77 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
         assert answers[0][0] == [list(first.references[1]), list(first.references[2])]
     else:  # the policy's own samples; at step 0 the adapter is still zero, so the untrained model's
         first = requests[0]
+        assert first.n == 2 and first.settings == args.generation_settings()
         expected = generate_negative_ids(untrained, first.prompts, first.settings, seed=first.seed,
                                          pad_token_id=smol_tokenizer.pad_token_id,
                                          stop_token_ids=stop_token_ids(smol_tokenizer, untrained),
                                          num_return_sequences=2)
         assert answers[0] == expected
+
+
+def test_dataset_source_trains_on_the_rows_own_rejected_answers(tiny_chat_model, smol_tokenizer, tmp_path):
+    wrong = [[{"role": "assistant", "content": f"I do not know {i}."}] for i in range(4)]
+    rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": wrong[i]}
+            for i, r in enumerate(ROWS[:4])]
+    args = config(tmp_path, max_steps=1, negative_source="dataset", num_negatives=2, negatives_temperature=0.7)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, rows, processing_class=smol_tokenizer, peft_config=lora())
+    trainer.teacher.generate = lambda *a, **k: pytest.fail("the teacher generated")
+    trainer.train()
+    by_prompt = {smol_tokenizer.decode(e["prompt_ids"]): e for e in trainer.train_dataset}
+    for i, row in enumerate(rows):
+        prompt = smol_tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        _, _, negatives = trainer._negative_cache[example_key(by_prompt[prompt])]
+        # One rejected answer per row for two pairs: the duplicate filter drops the repeat, the fill restores it.
+        assert [smol_tokenizer.decode(n) for n in negatives] == [f"I do not know {i}."] * 2
+    assert trainer.state.log_history[0]["negatives/fallback_fraction"] == 0.5 and trained(trainer)
+
+
+def test_dataset_source_needs_a_rejected_answer_in_every_row(tiny_chat_model, smol_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match=r"negative_source='dataset': row 0 has no `rejected` answer"):
+        NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, negative_source="dataset"), ROWS,
+                               processing_class=smol_tokenizer, peft_config=lora())
+
+
+class FixedChosen:
+    """A user's own chosen source: the same answer for every prompt."""
+
+    name = "fixed"
+
+    def answers(self, trainer, request):
+        return [[11, 12] for _ in request.prompts]
+
+
+def test_a_chosen_source_writes_the_chosen_side_and_negatives_are_filtered_against_it(tiny_chat_model,
+                                                                                    smol_tokenizer, tmp_path):
+    args = config(tmp_path, max_steps=1, negative_source="in_batch")
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS[:4], processing_class=smol_tokenizer,
+                                     peft_config=lora(), chosen_source=FixedChosen())
+    examples = [dict(e) for e in trainer.train_dataset]
+    pairs = trainer._with_negatives(examples)
+    suffix = examples[0]["rejected_ids"]
+    assert [p["chosen_ids"] for p in pairs] == [[11, 12] + suffix] * 4
+    # in_batch offers the other rows' chosen answers, all [11, 12] = this row's chosen: every one is filtered,
+    # so each pair is a counted fill.
+    assert all(p["rejected_ids"] == [11, 12] + suffix for p in pairs)
+    assert trainer.negative_filter.counts["filtered_equal_to_reference"] == 4 * args.negatives_max_tries
+
+
+@pytest.mark.parametrize("settings, n", [(GenerationSettings(max_new_tokens=8, temperature=0.7, top_k=0), 2),
+                                         (GenerationSettings(max_new_tokens=8, temperature=0), 1),
+                                         (GenerationSettings(max_new_tokens=8, temperature=1.0, top_k=5), 2)])
+def test_generation_settings_sample_as_plain_generate_keywords_do(settings, n, tiny_chat_model, smol_tokenizer):
+    model = tiny_chat_model.eval()
+    prompts = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    ours = generate_negative_ids(model, prompts, settings, seed=3, pad_token_id=0, stop_token_ids=[],
+                                 num_return_sequences=n)
+    sampling = {"do_sample": False} if settings.temperature <= 0 else {
+        "do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+    torch.manual_seed(3)
+    plain = model.generate(input_ids=torch.tensor(prompts), attention_mask=torch.ones(2, 4, dtype=torch.long),
+                           max_new_tokens=8, pad_token_id=0, num_return_sequences=n, **sampling)[:, 4:].tolist()
+    assert [answer for per_prompt in ours for answer in per_prompt] == plain
+
+
+def test_generation_settings_are_checked_by_transformers():
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        GenerationSettings(temperature=0).generation_config(num_return_sequences=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from pathlib import Path
@@ -61,6 +60,11 @@ def _prepare(argv: list[str], prog: str):
     _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length)
+    if args.negatives_mode == "online":  # a source's own checks of the rows (negative_source: dataset needs `rejected`)
+        from ..training.chosen_sources import chosen_source
+        from ..training.negative_sources import negative_source, setup_sources
+
+        setup_sources(train[0], negative_source(args.negative_source), chosen_source(args.chosen_source))
     held_out = None
     if data_args.eval_dataset:
         held_out = _rows_and_pairs(data_args.eval_dataset, data_args.num_eval_rows, tokenizer, args.max_length)
@@ -71,7 +75,8 @@ def train_command(argv: list[str]) -> None:
     from transformers.trainer_utils import get_last_checkpoint
     from trl.trainer.utils import get_peft_config
 
-    from ..evaluation.report import adapter_perplexity_table, to_eval_results, to_markdown, write_table
+    from ..evaluation.report import to_eval_results, to_markdown, write_table
+    from ..evaluation.runner import adapter_perplexity_table
     from ..models import checkpoint_weights
     from ..training.trainer import NegativeTeacherTrainer
 
@@ -153,24 +158,15 @@ def eval_command(argv: list[str]) -> None:
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from ..evaluation.comparison import compare_markdown, write_comparison
+    from ..evaluation.comparison import compare_markdown
     from ..evaluation.lm_eval_glue import write_tasks
     from ..evaluation.perplexity import check_engines, check_window, load_eval_data
     from ..evaluation.preference import heldout_negatives
-    from ..evaluation.report import (
-        adapter_variants,
-        model_variants,
-        score_variant,
-        to_eval_results,
-        to_markdown,
-        write_generations,
-        write_table,
-    )
-    from ..evaluation.statistics import paired_bootstrap
+    from ..evaluation.report import to_eval_results, to_markdown
+    from ..evaluation.runner import EvalSettings, adapter_variants, evaluate, model_variants
     from ..hub import update_card_evaluation
     from ..models import cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
     from ..teacher.build import build_negative_teacher
-    from ..teacher.contrastive import contrast_with, teacher_for_decoding
 
     model_args, data_args, args, eval_args = parse(
         (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig, EvalArguments), argv, "negteacher eval")
@@ -183,11 +179,10 @@ def eval_command(argv: list[str]) -> None:
         if not (adapter / "adapter_config.json").is_file():
             raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
     check_engines(eval_args.engines)
-    contrast = eval_args.contrast_settings()
-    batch_size = args.per_device_eval_batch_size
-    quality = eval_args.quality_settings(batch_size) if eval_args.quality else None
+    quality = eval_args.quality_settings(args.per_device_eval_batch_size) if eval_args.quality else None
     if quality is not None:
         quality.check()
+    contrast = eval_args.contrast_settings()
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     data = load_eval_data(data_args.eval_dataset, tokenizer, limit=data_args.num_eval_rows,
                           text_column=eval_args.text_column, max_length=args.max_length)
@@ -198,15 +193,18 @@ def eval_command(argv: list[str]) -> None:
     window = eval_args.window or min(context, 1024)
     stride = eval_args.stride or max(1, window // 2)
     check_window(window, stride, context)
+    settings = EvalSettings(engines=eval_args.engines, window=window, stride=stride,
+                            batch_size=args.per_device_eval_batch_size, quality=quality, contrast=contrast,
+                            dequantize_once=args.teacher_dequantize_once,
+                            bootstrap_resamples=eval_args.bootstrap_resamples)
 
     base = _load_policy(model_args, args.use_cpu)
-    teacher_spec = args.teacher
     teacher = build_negative_teacher(base, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     negatives = None
     if quality is not None and data.pairs:
         negatives = heldout_negatives(teacher, tokenizer, data.pairs, args.generation_settings(),
-                                      teacher_key=f"{teacher_spec}@{base_dir}", cache_dir=cache_dir())
+                                      teacher_key=f"{args.teacher}@{base_dir}", cache_dir=cache_dir())
     names = [f"{label}: {a.name}" for label, a in zip("AB", adapters, strict=True)] if eval_args.compare else []
     model = PeftModel.from_pretrained(base, str(adapters[0]), adapter_name=names[0] if names else "default").eval()
     if eval_args.compare:
@@ -215,36 +213,16 @@ def eval_command(argv: list[str]) -> None:
     else:
         full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
-    with teacher_for_decoding(teacher, args.teacher_dequantize_once) if contrast else contextlib.nullcontext():
-        scores = [score_variant(m, tokenizer, data, engines=eval_args.engines, window=window, stride=stride,
-                                batch_size=batch_size, quality=quality, negatives=negatives, name=name,
-                                processor=contrast_with(teacher, contrast) if contrast and m is not teacher else None)
-                  for name, m in variants]
-    table = [s.row for s in scores]
-
     output_dir = Path(args.output_dir)
-    notes = [f"teacher: {teacher_spec}"]
-    if data.texts:
-        notes.append(f"built-in: windows of {window} tokens, stride {stride}; lm-eval: disjoint windows of {window}")
-    if quality is not None and data.pairs:
-        sampling = "greedy" if quality.temperature <= 0 else f"temperature {quality.temperature}, top_p {quality.top_p}"
-        if contrast:
-            sampling += (f", contrastive decoding against the teacher (beta {contrast.beta}, alpha {contrast.alpha}; "
-                         "the teacher's own answers plain)")
-        notes.append(f"answers: first {min(quality.generation_rows, len(data.pairs))} rows, {sampling}, "
-                     f"{quality.num_samples} per prompt, at most {quality.max_new_tokens} new tokens; preference: "
-                     f"reference vs one teacher negative per row")
-        write_generations(output_dir / "generations.jsonl", data, scores, negatives)
-    write_table(table, data_args.eval_dataset, output_dir, notes)
-    print(to_markdown(table, data_args.eval_dataset, notes))
+    outcome = evaluate(variants, tokenizer, data, settings, teacher=teacher, teacher_spec=args.teacher,
+                       output_dir=output_dir, negatives=negatives, compare=names)
+    print(to_markdown(outcome.table, data_args.eval_dataset, outcome.notes))
     if eval_args.compare:
-        differences = paired_bootstrap(scores[0].rows, scores[1].rows, resamples=eval_args.bootstrap_resamples)
-        write_comparison(differences, names[0], names[1], output_dir)
-        print("\n" + compare_markdown(differences, names[0], names[1]))
+        print("\n" + compare_markdown(outcome.differences, names[0], names[1]))
         print(f"\nwrote eval.*, compare.md/json/png and generations.jsonl in {output_dir}")
         return
     if (output_dir / "README.md").is_file():
-        update_card_evaluation(output_dir / "README.md", to_eval_results(table, data_args.eval_dataset))
+        update_card_evaluation(output_dir / "README.md", to_eval_results(outcome.table, data_args.eval_dataset))
     tasks = write_tasks(output_dir / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
     print(f"\nwrote eval.md, eval.json, eval.png in {output_dir}. The same tasks with the plain lm-eval command "
           f"line (full-precision base + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},"

