@@ -11,6 +11,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .atomic_write import atomic_write_text
+from .data import BUNDLED_SPLITS
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "negteacher_adapter.md"
 TAGS = ["negteacher", "dpo", "qlora", "bitnet", "trl", "peft"]
@@ -88,8 +89,9 @@ def is_hub_dataset_id(name: str) -> bool:
 
 def dataset_label(name: str) -> str:
     """A readable name for a dataset source in the card's model-index (`bundled:eval` and paths too)."""
-    if name.startswith("bundled:"):
-        return f"wordnet-definitions-{name.removeprefix('bundled:')}"
+    split = name.removeprefix("bundled:")
+    if name.startswith("bundled:") and split in BUNDLED_SPLITS:
+        return BUNDLED_SPLITS[split].stem.replace("_", "-")
     return name if is_hub_dataset_id(name) else Path(name).stem
 
 

@@ -222,3 +222,18 @@ def test_contrastive_beta_changes_the_models_answers_but_not_the_teachers(saved_
     assert "contrastive decoding against the teacher (beta 2.0, alpha 0.01" in capsys.readouterr().out
     assert contrastive["negative teacher"] == plain["negative teacher"]
     assert contrastive["base + adapter"] != plain["base + adapter"]
+
+
+def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_by_both_engines(saved_tiny,
+                                                                                              tmp_path):
+    base_dir, run = saved_tiny
+    _eval(base_dir, run, "--eval_dataset", "bundled:reverse-eval", "--num_eval_rows", "40", "--generation_rows", "8",
+          "--max_new_tokens", "4", "--negatives_max_new_tokens", "4")
+    report = json.loads((run / "eval.json").read_text())
+    for row in report["rows"]:
+        metrics = row["metrics"]
+        assert metrics["choice_accuracy/builtin"] == metrics["choice_accuracy/lm-eval"], row["model"]
+        assert 0 <= metrics["exact_match"] <= metrics["accepted_match"] <= 1
+    assert any("multiple choice: 40 items" in note for note in report["notes"])
+    assert "multiple choice acc." in (run / "eval.md").read_text()
+

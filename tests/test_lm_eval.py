@@ -12,7 +12,7 @@ import torch
 
 from hf_negteacher.data.rows import PromptAnswer
 from hf_negteacher.evaluation.lm_eval_glue import ANSWER_TASK, run_tasks, write_tasks
-from hf_negteacher.evaluation.perplexity import EvalData, builtin_perplexity, lm_eval_perplexity
+from hf_negteacher.evaluation.perplexity import EvalData, builtin_perplexity, lm_eval_metrics
 from hf_negteacher.logprobs import sliding_window_logprob
 
 lm_eval = pytest.importorskip("lm_eval")  # the [eval] extra; .ci/run installs it
@@ -42,7 +42,7 @@ def test_built_in_rolling_perplexity_matches_lm_eval_within_one_percent(tiny_cha
 
     data = EvalData("texts", texts=TEXTS)
     builtin = builtin_perplexity(tiny_chat_model, smol_tokenizer, data, window=window, stride=window)
-    through_task = lm_eval_perplexity(tiny_chat_model, smol_tokenizer, data, window=window)
+    through_task = lm_eval_metrics(tiny_chat_model, smol_tokenizer, data, window=window)
     words = sum(len(re.split(r"\s+", t.strip())) for t in TEXTS)
     assert builtin["word_perplexity/builtin"] == pytest.approx(math.exp(-sum(ours) / words), rel=1e-4)
     for metric in ("word_perplexity", "bits_per_byte"):
@@ -84,3 +84,15 @@ def test_plain_lm_eval_command_line_scores_a_saved_adapter(tiny_chat_model, smol
     (results_file,) = output.rglob("results*.json")
     reported = json.loads(results_file.read_text())["results"][ANSWER_TASK]["answer_perplexity,none"]
     assert reported == pytest.approx(expected["answer_perplexity/builtin"], rel=1e-3)
+
+
+def test_multiple_choice_task_agrees_exactly_with_the_built_in_accuracy(tiny_chat_model, smol_tokenizer, tmp_path):
+    from hf_negteacher.data.rows import load_rows
+    from hf_negteacher.evaluation.multiple_choice import choice_items, choice_rows
+
+    items = choice_items(load_rows("bundled:reverse-eval")[:60], smol_tokenizer)
+    ours = choice_rows(tiny_chat_model.eval(), smol_tokenizer, items)["choice_correct"]
+    tasks = write_tasks(tmp_path, smol_tokenizer, pairs=PAIRS, choices=items)
+    theirs = run_tasks(tiny_chat_model, smol_tokenizer, tmp_path, tasks, max_length=128)
+    assert theirs["choice_accuracy"] == ours.mean()  # the same argmax on every item, not just on average
+    assert 0 < ours.mean() < 1

@@ -42,7 +42,8 @@ class CalibrateArguments:
     """`negteacher calibrate`: sweep teacher settings and recommend one."""
 
     dataset: str = field(default="bundled:eval", metadata={
-        "help": "bundled:train, bundled:eval, or a .jsonl/.json file of SFT-style rows."})
+        "help": "bundled:train, bundled:eval, bundled:reverse-train, bundled:reverse-eval, or a .jsonl/.json file "
+                "of SFT-style rows."})
     num_rows: int = field(default=48, metadata={"help": "Rows of the dataset to score (from the start)."})
     grid: list[str] = field(default_factory=lambda: [c.to_spec() for c in default_grid()], metadata={
         "help": "Teacher settings, each `quantizer[,field=value...]`, e.g. int3,group_size=32 or "
@@ -80,7 +81,8 @@ class DataArguments:
     """Where the SFT-style rows come from."""
 
     dataset: str = field(default="bundled:train", metadata={
-        "help": "Training rows: bundled:train, a .jsonl/.json file, or a directory saved with datasets.save_to_disk."})
+        "help": "Training rows: bundled:train (definitions), bundled:reverse-train (reverse dictionary), a "
+                ".jsonl/.json file, or a directory saved with datasets.save_to_disk."})
     eval_dataset: str | None = field(default="bundled:eval", metadata={
         "help": "Held-out rows for the evaluation table (same forms); none to skip."})
     num_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})

@@ -1,7 +1,12 @@
-"""The bundled dataset: English definitions derived from WordNet 3.0 (see WORDNET_LICENSE.md).
+"""The bundled datasets, derived from WordNet 3.0 (see WORDNET_LICENSE.md) by `build_wordnet_definitions`.
 
-`train` holds 3000 rows and `eval` 500 held-out rows; load them with
-`hf_negteacher.data.rows.load_rows("bundled:train")`.
+- `bundled:train` (3000 rows) and `bundled:eval` (500 held-out rows): "What does the noun "broker"
+  mean?" -> WordNet's definition;
+- `bundled:reverse-train` (3000) and `bundled:reverse-eval` (500): the reverse dictionary, a definition ->
+  the word in one word, with the synset's other one-word lemmas as `accepted` answers. Its train words are
+  the definitions' train words; its held-out words are in neither definitions split.
+
+Load them with `hf_negteacher.data.rows.load_rows("bundled:train")`.
 """
 
 from pathlib import Path
@@ -10,4 +15,6 @@ DATA_DIR = Path(__file__).parent
 BUNDLED_SPLITS = {
     "train": DATA_DIR / "wordnet_definitions_train.jsonl",
     "eval": DATA_DIR / "wordnet_definitions_eval.jsonl",
+    "reverse-train": DATA_DIR / "reverse_dictionary_train.jsonl",
+    "reverse-eval": DATA_DIR / "reverse_dictionary_eval.jsonl",
 }

@@ -24,6 +24,8 @@ class PromptAnswer:
     """The prompt as the model sees it (chat template applied, generation prompt added)."""
     answer: str
     """The reference answer text (no end-of-turn marker)."""
+    accepted: tuple[str, ...] = ()
+    """Other answers that count as right (a row's `accepted` list: the reverse dictionary's synonyms)."""
 
 
 def load_jsonl(path: str | Path) -> list[dict]:
@@ -76,8 +78,8 @@ def _load_file_or_folder(path: Path) -> list[dict]:
             raise DataFormatError(f"text file {source!r} is empty")
         return [{"text": text}]
     if path.suffix != ".jsonl":
-        raise DataFormatError(f"dataset {source!r}: expected bundled:train, bundled:eval, a .jsonl/.json/.txt file "
-                              "or a datasets.save_to_disk directory")
+        raise DataFormatError(f"dataset {source!r}: expected {', '.join('bundled:' + s for s in BUNDLED_SPLITS)}, "
+                              "a .jsonl/.json/.txt file or a datasets.save_to_disk directory")
     return load_jsonl(path)
 
 
@@ -141,7 +143,10 @@ def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
         raise DataFormatError("a row has an empty prompt")
     if not answer.strip():
         raise DataFormatError(f"a row has an empty reference answer (prompt: {prompt_text[:60]!r})")
-    return PromptAnswer(prompt_text, answer)
+    accepted = row.get("accepted", ())
+    if not isinstance(accepted, list | tuple) or not all(isinstance(a, str) and a.strip() for a in accepted):
+        raise DataFormatError(f"`accepted` must be a list of non-empty answer texts, got {str(accepted)[:60]!r}")
+    return PromptAnswer(prompt_text, answer, tuple(accepted))
 
 
 def preference_row(row: dict) -> dict:

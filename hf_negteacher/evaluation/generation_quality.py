@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,8 +43,9 @@ class QualitySettings:
 def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: QualitySettings,
                     processor: ProcessorFactory | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per prompt: mean rougeL, chrF, words, empty and cut-off (no end of turn within max_new_tokens) over
-    `num_samples` answers; and one readable record per prompt. `processor`: as in `generate_answers`
-    (contrastive decoding)."""
+    `num_samples` answers; where the rows list `accepted` answers (a crisp task), also the exact match with
+    the reference and with any accepted answer; and one readable record per prompt. `processor`: as in
+    `generate_answers` (contrastive decoding)."""
     from tqdm.auto import tqdm
 
     pairs = list(pairs)[: settings.generation_rows]
@@ -58,8 +60,22 @@ def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: Q
     flat = answer_quality([a for samples in answers for a in samples],
                           [p.answer for p, samples in zip(pairs, answers, strict=True) for _ in samples])
     flat["cut_off"] = [float(len(ids) >= settings.max_new_tokens) for samples in generated for ids in samples]
+    if any(p.accepted for p in pairs):
+        flat["exact_match"] = [float(exact_match(a, [p.answer])) for p, samples in zip(pairs, answers, strict=True)
+                               for a in samples]
+        flat["accepted_match"] = [float(exact_match(a, [p.answer, *p.accepted]))
+                                  for p, samples in zip(pairs, answers, strict=True) for a in samples]
     rows = {key: np.array(values).reshape(len(pairs), settings.num_samples).mean(1) for key, values in flat.items()}
     records = [{"answers": samples, "rougeL": float(rows["rougeL"][i]), "chrF": float(rows["chrF"][i])}
                for i, samples in enumerate(answers)]
     return rows, records
 
+
+def normalized_answer(text: str) -> str:
+    """An answer compared by its words: lower case, surrounding whitespace, quotes and punctuation removed."""
+    return text.strip().strip(string.punctuation + "\u201c\u201d\u2018\u2019 \n\t").lower()
+
+
+def exact_match(answer: str, references: Sequence[str]) -> bool:
+    """Whether `answer`, normalized, equals one of `references`, normalized."""
+    return normalized_answer(answer) in {normalized_answer(r) for r in references}

@@ -9,18 +9,24 @@ from pathlib import Path
 
 from ..atomic_write import atomic_write_text
 from ..data.rows import PromptAnswer
+from .multiple_choice import ChoiceItem
 
 TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 TEXT_TASK = "negteacher_text_ppl"
 ANSWER_TASK = "negteacher_answer_ppl"
-METRICS = {TEXT_TASK: ("word_perplexity", "byte_perplexity", "bits_per_byte"),
-           ANSWER_TASK: ("answer_perplexity", "answer_bits_per_byte")}
+CHOICE_TASK = "negteacher_choice"
+METRICS = {TEXT_TASK: {"word_perplexity": "word_perplexity", "byte_perplexity": "byte_perplexity",
+                       "bits_per_byte": "bits_per_byte"},
+           ANSWER_TASK: {"answer_perplexity": "answer_perplexity", "answer_bits_per_byte": "answer_bits_per_byte"},
+           CHOICE_TASK: {"choice_accuracy": "acc"}}
+"""Per task: our metric name -> lm-eval's."""
 
 
 def write_tasks(task_dir: str | Path, tokenizer, *, pairs: Sequence[PromptAnswer] = (),
-                texts: Sequence[str] = ()) -> list[str]:
+                texts: Sequence[str] = (), choices: Sequence[ChoiceItem] = ()) -> list[str]:
     """Write the data files and task YAMLs into `task_dir` (usable with `lm_eval --include_path task_dir`):
-    `negteacher_answer_ppl` over `pairs`, `negteacher_text_ppl` over `texts`. Returns the task names."""
+    `negteacher_answer_ppl` over `pairs`, `negteacher_text_ppl` over `texts`, `negteacher_choice` (lm-eval's
+    own `multiple_choice` accuracy) over `choices`. Returns the task names."""
     if not pairs and not texts:
         raise ValueError("write_tasks needs prompt/answer pairs or texts")
     task_dir = Path(task_dir).resolve()
@@ -34,6 +40,9 @@ def write_tasks(task_dir: str | Path, tokenizer, *, pairs: Sequence[PromptAnswer
         tasks.append(_write_task(task_dir, ANSWER_TASK, rows))
     if texts:
         tasks.append(_write_task(task_dir, TEXT_TASK, [{"text": t} for t in texts]))
+    if choices:
+        tasks.append(_write_task(task_dir, CHOICE_TASK, [{"prompt": c.prompt, "choices": list(c.choices),
+                                                          "label": c.label} for c in choices]))
     return tasks
 
 
@@ -56,4 +65,4 @@ def run_tasks(model, tokenizer, task_dir: str | Path, tasks: Sequence[str], *, m
     lm = HFLM(pretrained=model, tokenizer=tokenizer, max_length=max_length, batch_size=batch_size)
     results = simple_evaluate(model=lm, tasks=list(tasks), task_manager=TaskManager(include_path=str(task_dir)),
                               log_samples=False)["results"]
-    return {name: float(results[task][f"{name},none"]) for task in tasks for name in METRICS[task]}
+    return {ours: float(results[task][f"{theirs},none"]) for task in tasks for ours, theirs in METRICS[task].items()}

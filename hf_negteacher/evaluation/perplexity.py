@@ -6,6 +6,7 @@ column, a .txt file) by sliding windows. Metric keys read `<metric>/<engine>`.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import tempfile
@@ -17,6 +18,9 @@ from tqdm.auto import tqdm
 
 from ..data.rows import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
 from ..logprobs import answer_logprobs, sliding_window_logprob
+from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items
+
+logger = logging.getLogger(__name__)
 
 ENGINES = ("builtin", "lm-eval")
 
@@ -27,11 +31,13 @@ class EvalConfigError(ValueError):
 
 @dataclass(frozen=True)
 class EvalData:
-    """Held-out data: prompt/answer pairs, or plain-text documents."""
+    """Held-out data: prompt/answer pairs, or plain-text documents; and, from rows that name a word, its part
+    of speech and its definition, multiple-choice items (`multiple_choice.choice_items`)."""
 
     source: str
     pairs: list[PromptAnswer] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    choices: list[ChoiceItem] = field(default_factory=list)
 
 
 def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_column: str = "text",
@@ -43,9 +49,16 @@ def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_col
     if texts is not None:
         return EvalData(source, texts=texts)
     try:
-        return EvalData(source, pairs=validate_rows(rows, tokenizer, max_length))
+        pairs = validate_rows(rows, tokenizer, max_length)
     except DataFormatError as error:
         raise DataFormatError(f"{source}: {error}; or plain text in a {text_column!r} column") from None
+    choices = []
+    if all(row.get("word") and row.get("pos") and row.get("definition") for row in rows):
+        try:
+            choices = choice_items(rows, tokenizer)
+        except ChoiceDataError as error:
+            logger.info("%s: no multiple-choice score (%s)", source, error)
+    return EvalData(source, pairs=pairs, choices=choices)
 
 
 def check_engines(engines: Sequence[str]) -> None:
@@ -107,15 +120,15 @@ def answer_perplexity(rows: dict[str, np.ndarray], index: np.ndarray | None = No
             "answer_bits_per_byte/builtin": -total / rows["answer_bytes"][index].sum(1) / math.log(2)}
 
 
-def lm_eval_perplexity(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,
+def lm_eval_metrics(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,
                        task_dir: str | None = None) -> dict[str, float]:
     """The same data through our lm-eval tasks (`loglikelihood` for pairs, `loglikelihood_rolling` with
-    disjoint windows of `window` tokens for texts)."""
+    disjoint windows of `window` tokens for texts, `multiple_choice` for choice items)."""
     from .lm_eval_glue import run_tasks, write_tasks
 
     with tempfile.TemporaryDirectory() as scratch:
         task_dir = task_dir or scratch
-        tasks = write_tasks(task_dir, tokenizer, pairs=data.pairs, texts=data.texts)
+        tasks = write_tasks(task_dir, tokenizer, pairs=data.pairs, texts=data.texts, choices=data.choices)
         metrics = run_tasks(model, tokenizer, task_dir, tasks, max_length=window, batch_size=batch_size)
     return {f"{name}/lm-eval": value for name, value in metrics.items()}
 
@@ -127,5 +140,5 @@ def perplexity_metrics(model, tokenizer, data: EvalData, *, engines: Sequence[st
     if "builtin" in engines:
         metrics |= builtin_perplexity(model, tokenizer, data, window=window, stride=stride, batch_size=batch_size)
     if "lm-eval" in engines:
-        metrics |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
+        metrics |= lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
     return metrics

@@ -17,7 +17,8 @@ LABELS = {
     "word_perplexity": "word ppl", "byte_perplexity": "byte ppl", "bits_per_byte": "bits/byte",
     "rougeL": "ROUGE-L", "chrF": "chrF", "words": "words", "empty_fraction": "empty", "cut_off_fraction": "cut off",
     "preference_accuracy": "pref. acc.", "preference_accuracy_per_token": "pref. acc. per token",
-    "preference_margin": "pref. margin (nats)",
+    "preference_margin": "pref. margin (nats)", "exact_match": "exact match", "accepted_match": "any accepted",
+    "choice_accuracy": "multiple choice acc.",
 }
 ADAPTER_SUFFIX = "+ adapter"
 

@@ -19,7 +19,8 @@ from ..generation import ProcessorFactory
 from ..teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
 from .comparison import write_comparison
 from .generation_quality import QualitySettings, generation_rows
-from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_perplexity, perplexity_metrics
+from .multiple_choice import choice_rows
+from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_metrics, perplexity_metrics
 from .preference import preference_rows
 from .report import ADAPTER_SUFFIX, EvalRow, write_table
 from .statistics import Difference, RowScores, metrics, paired_bootstrap
@@ -97,7 +98,7 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
                   processor: ProcessorFactory | None = None) -> ModelScores:
     """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
     generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding) and (with
-    `negatives`) held-out preference accuracy."""
+    `negatives`) held-out preference accuracy; on data with multiple-choice items, their accuracy."""
     if not data.pairs:
         return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
                                                             stride=stride, batch_size=batch_size)), {}, [])
@@ -107,9 +108,11 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
         rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)
         if negatives is not None:
             rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
+    if data.choices:
+        rows["choice"] = choice_rows(model, tokenizer, data.choices, batch_size=batch_size)
     scored = metrics(rows)
     if "lm-eval" in engines:
-        scored |= lm_eval_perplexity(model, tokenizer, data, window=window, batch_size=batch_size)
+        scored |= lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
     return ModelScores(EvalRow(name, scored), rows, generations)
 
 
@@ -164,6 +167,9 @@ def _notes(teacher_spec: str, data: EvalData, settings: EvalSettings) -> list[st
         notes.append(f"answers: first {min(quality.generation_rows, len(data.pairs))} rows, {sampling}, "
                      f"{quality.num_samples} per prompt, at most {quality.max_new_tokens} new tokens; preference: "
                      f"reference vs one teacher negative per row")
+    if data.choices:
+        notes.append(f"multiple choice: {len(data.choices)} items, given the definition which of "
+                     f"{len(data.choices[0].choices)} words of the same part of speech (highest log-likelihood)")
     return notes
 
 

@@ -29,8 +29,12 @@ def aggregate(scores: RowScores, index: np.ndarray | None = None) -> dict[str, n
             out |= answer_perplexity(rows, idx)
         elif group == "generation":
             for key, name in (("rougeL", "rougeL"), ("chrF", "chrF"), ("words", "words"),
-                              ("empty", "empty_fraction"), ("cut_off", "cut_off_fraction")):
-                out[name] = pick[key].mean(1)
+                              ("empty", "empty_fraction"), ("cut_off", "cut_off_fraction"),
+                              ("exact_match", "exact_match"), ("accepted_match", "accepted_match")):
+                if key in pick:
+                    out[name] = pick[key].mean(1)
+        elif group == "choice":
+            out["choice_accuracy/builtin"] = pick["choice_correct"].mean(1)
         elif group == "preference":
             out["preference_accuracy"] = pick["preference_correct"].mean(1)
             out["preference_accuracy_per_token"] = pick["preference_correct_per_token"].mean(1)
