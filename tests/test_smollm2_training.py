@@ -118,7 +118,8 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     assert negatives and all(r["negteacher"]["teacher"] == "int3,blocks=0-14" for r in negatives)
     assert "4-bit base + adapter" in capsys.readouterr().out
     (tmp_path / "eval.json").unlink()
-    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8"])
+    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8",
+          "--generation_rows", "4", "--max_new_tokens", "16"])  # generation is tested elsewhere; keep CI short
     again = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [r["model"] for r in again][0] == "full-precision base"
     full, *rest = (r["metrics"]["answer_perplexity/builtin"] for r in again)

@@ -318,6 +318,10 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
     elif source == "in_batch":
         first = requests[0]
         assert answers[0][0] == [list(first.references[1]), list(first.references[2])]
+        trainer.create_model_card()  # the card says where the pairs came from, and claims nothing beyond this run
+        card = (tmp_path / "README.md").read_text()
+        assert "| negative_source | `in_batch` |" in card and "| chosen_source | `reference` |" in card
+        assert "this run's own" in card and "48 training rows" not in card
     else:  # the policy's own samples; at step 0 the adapter is still zero, so the untrained model's
         first = requests[0]
         assert first.n == 2 and first.settings == args.generation_settings()

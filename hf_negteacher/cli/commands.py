@@ -165,7 +165,7 @@ def eval_command(argv: list[str]) -> None:
     from ..evaluation.report import to_eval_results, to_markdown
     from ..evaluation.runner import EvalSettings, adapter_variants, evaluate, model_variants
     from ..hub import update_card_evaluation
-    from ..models import cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
+    from ..models import base_model_info, cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
     from ..teacher.build import build_negative_teacher
 
     model_args, data_args, args, eval_args = parse(
@@ -213,9 +213,12 @@ def eval_command(argv: list[str]) -> None:
     else:
         full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
+        weights = [f"full-precision base: {base_model_info(full_precision).weights}",
+                   f"base: {base_model_info(base).weights}"]
     output_dir = Path(args.output_dir)
     outcome = evaluate(variants, tokenizer, data, settings, teacher=teacher, teacher_spec=args.teacher,
-                       output_dir=output_dir, negatives=negatives, compare=names)
+                       output_dir=output_dir, negatives=negatives, compare=names,
+                       notes=[] if eval_args.compare else weights)
     print(to_markdown(outcome.table, data_args.eval_dataset, outcome.notes))
     if eval_args.compare:
         print("\n" + compare_markdown(outcome.differences, names[0], names[1]))

@@ -13,11 +13,11 @@ from .statistics import Difference
 
 def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, confidence: float = 0.95) -> str:
     lines = [f"A = {a}, B = {b}: A - B on the same rows, paired bootstrap {confidence:.0%} interval over rows", "",
-             "| metric | A | B | A - B | interval | |", "|---|---|---|---|---|---|"]
+             "| metric | A | B | A - B | interval | half-width | |", "|---|---|---|---|---|---|---|"]
     for key, d in differences.items():
         verdict = "differs" if d.excludes_zero else "within noise"
         lines.append(f"| {metric_label(key)} | {format_value(d.a)} | {format_value(d.b)} | {d.difference:+.4g} | "
-                     f"[{d.low:+.4g}, {d.high:+.4g}] | {verdict} |")
+                     f"[{d.low:+.4g}, {d.high:+.4g}] | {d.half_width:.3g} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -26,7 +26,8 @@ def write_comparison(differences: Mapping[str, Difference], a: str, b: str, outp
     output_dir = Path(output_dir)
     atomic_write_text(output_dir / "compare.md", compare_markdown(differences, a, b) + "\n")
     atomic_write_json(output_dir / "compare.json",
-                      {"a": a, "b": b, "differences": {k: asdict(d) for k, d in differences.items()}})
+                      {"a": a, "b": b, "differences": {k: {**asdict(d), "half_width": d.half_width}
+                                                       for k, d in differences.items()}})
     atomic_write(output_dir / "compare.png", lambda path: _plot_differences(differences, a, b, path))
 
 

@@ -127,10 +127,11 @@ def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *,
 
 def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, settings: EvalSettings, *,
              teacher, teacher_spec: str, output_dir: str | Path, negatives: Sequence[str] | None = None,
-             compare: Sequence[str] = ()) -> EvalOutcome:
+             compare: Sequence[str] = (), notes: Sequence[str] = ()) -> EvalOutcome:
     """Score each (name, model) of `variants` and write `eval.md/json/png` (and `generations.jsonl` on
     prompt/answer data with quality metrics) in `output_dir`; with `compare` (the two adapters' names),
-    also `compare.md/json/png` with every metric's A - B and its paired bootstrap interval."""
+    also `compare.md/json/png` with every metric's A - B and its paired bootstrap interval. `notes` lead the
+    table's footnotes (which weights each row is, for example)."""
     contrast = settings.contrast
     decoding = teacher_for_decoding(teacher, settings.dequantize_once) if contrast else contextlib.nullcontext()
     with decoding:
@@ -140,7 +141,7 @@ def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, 
                                 processor=contrast_with(teacher, contrast) if contrast and model is not teacher
                                 else None)
                   for name, model in variants]
-    outcome = EvalOutcome([s.row for s in scores], _notes(teacher_spec, data, settings))
+    outcome = EvalOutcome([s.row for s in scores], [*notes, *_notes(teacher_spec, data, settings)])
     output_dir = Path(output_dir)
     if settings.quality is not None and data.pairs:
         write_generations(output_dir / "generations.jsonl", data, scores, negatives)

@@ -58,6 +58,11 @@ class Difference:
     def excludes_zero(self) -> bool:
         return self.low > 0 or self.high < 0
 
+    @property
+    def half_width(self) -> float:
+        """Half the interval's width: about the smallest difference these rows could have told from zero."""
+        return (self.high - self.low) / 2
+
 
 def paired_bootstrap(a: RowScores, b: RowScores, *, resamples: int = 1000, seed: int = 0,
                      confidence: float = 0.95) -> dict[str, Difference]:
