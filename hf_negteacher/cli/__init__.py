@@ -21,10 +21,8 @@ commands:
 `negteacher COMMAND --help` lists every field with its default."""
 
 
-
 COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
             "eval": eval_command, "push": push_command}
-
 
 
 def main(argv: list[str] | None = None) -> None:

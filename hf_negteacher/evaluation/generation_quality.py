@@ -39,7 +39,6 @@ class QualitySettings:
                                   top_p=self.top_p, seed=self.seed, batch_size=self.batch_size)
 
 
-
 def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: QualitySettings,
                     processor: ProcessorFactory | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per prompt: mean rougeL, chrF, words, empty and cut-off (no end of turn within max_new_tokens) over

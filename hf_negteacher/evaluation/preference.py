@@ -35,7 +35,6 @@ def preference_rows(model, tokenizer, pairs: Sequence[PromptAnswer], negatives: 
             "preference_margin": reference[:, 0] - negative[:, 0]}
 
 
-
 def heldout_negatives(teacher, tokenizer, pairs: Sequence[PromptAnswer], settings: GenerationSettings, *,
                       teacher_key: str, cache_dir: str | Path) -> list[str]:
     """One negative per held-out prompt from the teacher, generated once at `settings.seed` and cached under

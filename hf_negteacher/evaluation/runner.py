@@ -2,7 +2,7 @@
 
 The variants are the full-precision base, the 4-bit base, the base + adapter and the teacher (or two
 adapters side by side for `--compare`); each gets perplexity by every engine and, on prompt/answer data,
-generated-answer quality and held-out preference accuracy.
+generated-answer quality and held-out preference accuracy, and multiple-choice accuracy where the rows allow.
 """
 
 from __future__ import annotations
@@ -67,7 +67,6 @@ def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tupl
         yield "negative teacher", teacher
 
 
-
 def adapter_variants(model, adapter_names: Sequence[str]) -> Iterator[tuple[str, object]]:
     """(name, model) with each of the PEFT model's loaded adapters active in turn."""
     for name in adapter_names:
@@ -75,11 +74,9 @@ def adapter_variants(model, adapter_names: Sequence[str]) -> Iterator[tuple[str,
         yield name, model
 
 
-
 def score_models(variants: Iterable[tuple[str, object]], scorer: Callable[[object], Mapping[str, float]]
                  ) -> list[EvalRow]:
     return [EvalRow(name, dict(scorer(model))) for name, model in variants]
-
 
 
 @dataclass
@@ -89,7 +86,6 @@ class ModelScores:
     row: EvalRow
     rows: RowScores
     generations: list[dict]
-
 
 
 def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
@@ -114,7 +110,6 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
     if "lm-eval" in engines:
         scored |= lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
     return ModelScores(EvalRow(name, scored), rows, generations)
-
 
 
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,

@@ -65,12 +65,10 @@ class PackedLinear(nn.Module):
                 f"activation_bits={self.activation_bits}, strength={self.strength}")
 
 
-
 def dequantize_once_by_default() -> bool:
     """Whether `materialized` is worth it by default: without CUDA (plain-PyTorch dequantization is slow
     there), not on GPU (where the transient full-precision copy costs scarce memory)."""
     return not torch.cuda.is_available()
-
 
 
 @contextlib.contextmanager
