@@ -43,6 +43,47 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
     return results
 
 
+@torch.no_grad()
+def option_logprobs(model, prompt_ids: Sequence[Sequence[int]], option_ids: Sequence[Sequence[Sequence[int]]], *,
+                    pad_token_id: int, batch_size: int = 16, progress: bool = False) -> list[list[float]]:
+    """Per prompt: the summed log-probability of each of its options (a continuation) given the prompt.
+
+    The same numbers as `completion_logprobs` on each (prompt, option) row, but each prompt runs once: its
+    key/value cache is repeated for its options. Prompts are left-padded (positions from the attention mask)
+    and only the last prompt position's logits are kept, so the cost is the prompt once plus the options.
+    """
+    device = next(model.parameters()).device
+    results: list[list[float]] = []
+    for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring options", disable=not progress):
+        prompts, options = prompt_ids[start:start + batch_size], option_ids[start:start + batch_size]
+        widths = {len(o) for o in options}
+        if len(widths) != 1 or any(not ids for o in options for ids in o):
+            raise ValueError("every prompt needs the same number of options, each at least one token long")
+        k = widths.pop()
+        prompt = pad([torch.tensor(p, dtype=torch.long) for p in prompts], pad_token_id, padding_side="left")
+        prompt_mask = pad([torch.ones(len(p), dtype=torch.long) for p in prompts], 0, padding_side="left")
+        out = model(input_ids=prompt.to(device), attention_mask=prompt_mask.to(device),
+                    position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0).to(device), use_cache=True,
+                    logits_to_keep=1)
+        first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).repeat_interleave(k, 0)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)
+        flat = [torch.tensor(ids, dtype=torch.long) for o in options for ids in o]
+        option = pad(flat, pad_token_id).to(device)
+        option_mask = pad([torch.ones(len(ids), dtype=torch.long) for ids in flat], 0).to(device)
+        sums = first.gather(-1, option[:, :1]).squeeze(-1)
+        if option.shape[1] > 1:
+            mask = torch.cat([prompt_mask.to(device).repeat_interleave(k, 0), option_mask[:, :-1]], dim=1)
+            positions = prompt_mask.sum(-1).to(device).repeat_interleave(k, 0)[:, None] + torch.arange(
+                option.shape[1] - 1, device=device)
+            logits = model(input_ids=option[:, :-1], attention_mask=mask, position_ids=positions,
+                           past_key_values=cache, use_cache=True).logits.float()
+            later = torch.log_softmax(logits, dim=-1).gather(-1, option[:, 1:].unsqueeze(-1)).squeeze(-1)
+            sums = sums + (later * option_mask[:, 1:]).sum(-1)
+        results.extend(sums.view(-1, k).tolist())
+    return results
+
+
 def perplexity(scores: Sequence[tuple[float, int]]) -> float:
     """Token-weighted perplexity of (sum log-prob, tokens) pairs."""
     tokens = sum(n for _, n in scores)

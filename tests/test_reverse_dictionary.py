@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from hf_negteacher.data import BUNDLED_SPLITS, DATA_DIR
 from hf_negteacher.data.build_wordnet_definitions import build_splits
@@ -88,7 +89,7 @@ class PlantedLM(nn.Module):
         self.bias = nn.Parameter(bias, requires_grad=False)
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        return SimpleNamespace(logits=self.bias.expand(*input_ids.shape, -1))
+        return SimpleNamespace(logits=self.bias.expand(*input_ids.shape, -1), past_key_values=DynamicCache())
 
 
 def test_a_planted_model_scores_one_and_a_uniform_one_scores_chance(smol_tokenizer):

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from hf_negteacher.logprobs import completion_logprobs, perplexity, rolling_windows, sliding_window_logprob
+from hf_negteacher.logprobs import (
+    completion_logprobs,
+    option_logprobs,
+    perplexity,
+    rolling_windows,
+    sliding_window_logprob,
+)
 
 TOKENS = [5, 17, 42, 8, 8, 61, 3, 90, 12]
 
@@ -58,3 +64,23 @@ def test_completion_logprobs_and_perplexity_by_hand(tiny_llama):
     assert perplexity([(total, count)]) == pytest.approx(math.exp(-total / 3))
     with pytest.raises(ValueError, match="zero tokens"):
         perplexity([(0.0, 0)])
+
+
+def test_option_logprobs_equal_each_option_scored_alone_by_hand(tiny_llama):
+    # Prompts of different lengths (left padding in a batch) and options of 1-3 tokens (right padding).
+    prompts = [[5, 17, 42], [8], [61, 3, 90, 12, 7]]
+    options = [[[9], [10, 11], [12, 13, 14]], [[3, 4], [5], [6]], [[20, 21, 22], [23], [24, 25]]]
+    scored = option_logprobs(tiny_llama, prompts, options, pad_token_id=0, batch_size=2)
+    with torch.no_grad():
+        for prompt, row, got in zip(prompts, options, scored, strict=True):
+            for option, value in zip(row, got, strict=True):
+                logits = tiny_llama(input_ids=torch.tensor([[*prompt, *option]])).logits[0]
+                logprobs = torch.log_softmax(logits, -1)
+                expected = sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(option))
+                assert value == pytest.approx(expected, abs=1e-4)
+    assert len({round(v, 3) for row in scored for v in row}) == 9  # every option scored on its own
+
+
+def test_option_logprobs_reject_ragged_options(tiny_llama):
+    with pytest.raises(ValueError, match="same number of options"):
+        option_logprobs(tiny_llama, [[1], [2]], [[[3], [4]], [[5]]], pad_token_id=0)

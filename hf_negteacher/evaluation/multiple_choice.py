@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.build_wordnet_definitions import DEFINITION_PROMPT, POS_NAMES, REVERSE_PROMPT, definition_answer
-from ..logprobs import answer_logprobs
+from ..logprobs import option_logprobs
 
 DIRECTIONS = ("word", "definition")
 NEUTRAL_PROMPT = "Say something."
@@ -91,8 +91,7 @@ def _option_scores(model, tokenizer, items: Sequence[ChoiceItem], batch_size: in
     width = {len(item.choices) for item in items}
     if len(width) != 1:
         raise ChoiceDataError(f"every item needs the same number of options, got {sorted(width)}")
-    prompts = [item.prompt for item in items for _ in item.choices]
-    answers = [choice for item in items for choice in item.choices]
-    scores = answer_logprobs(model, tokenizer, prompts, answers, batch_size=batch_size)
-    return np.array([total for total, _ in scores]).reshape(len(items), width.pop())
-
+    prompt_ids = tokenizer([item.prompt for item in items], add_special_tokens=False).input_ids
+    option_ids = [tokenizer(list(item.choices), add_special_tokens=False).input_ids for item in items]
+    return np.array(option_logprobs(model, prompt_ids, option_ids, pad_token_id=tokenizer.pad_token_id,
+                                    batch_size=batch_size, progress=True))
