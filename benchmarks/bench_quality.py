@@ -64,10 +64,11 @@ class Task:
 
 
 COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin")
-TASKS = {"definitions": Task("bundled:train", "bundled:eval", 48, (*COMMON_METRICS, "rougeL", "chrF",
-                                                                   "cut_off_fraction")),
-         "reverse": Task("bundled:reverse-train", "bundled:reverse-eval", 8, (*COMMON_METRICS, "exact_match",
-                                                                           "accepted_match"))}
+TASKS = {"reverse": Task("bundled:reverse-train", "bundled:reverse-eval", 8, (*COMMON_METRICS, "exact_match",
+                                                                           "accepted_match")),
+         "definitions": Task("bundled:train", "bundled:eval", 48, (*COMMON_METRICS, "rougeL", "chrF",
+                                                                   "cut_off_fraction"))}
+"""The crisp task first: a reverse-dictionary answer is plainly right or wrong."""
 METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "teacher": "negteacher, the model's calibrated teacher (sigmoid + sft)",
            "int4": "negteacher, int4 teacher (weaker)",
