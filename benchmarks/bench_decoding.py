@@ -2,10 +2,10 @@
 
     python benchmarks/bench_decoding.py            # about 20 min on 2 CPU cores
 
-The policy is the SFT-QLoRA adapter of `bench_quality.py` (12 steps, seed 0; trained here if missing) on
-the full-precision SmolLM2 base, and that base with the adapter off. A sweep over beta and alpha runs on
-held-out rows 0-99; the best setting by ROUGE-L is then checked against greedy on rows 100-199, which
-took no part in choosing it. Differences use a paired bootstrap over rows.
+The policy is an SFT adapter (`trl.SFTTrainer` as in `bench_quality.py`, LoRA r16 on the Q4_1 GGUF dequantized
+to fp32, 12 steps x 4 rows, seed 0; trained here if missing), and that base with the adapter off. A sweep
+over beta and alpha runs on held-out rows 0-99; the best setting by ROUGE-L is then checked against greedy
+on rows 100-199, which took no part in choosing it. Differences use a paired bootstrap over rows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_quality import DEFAULT_TEACHER, load_policy, train
+from bench_quality import load_policy, train_sft
 from peft import PeftModel
 
 from hf_negteacher import load_tokenizer
@@ -26,10 +26,11 @@ from hf_negteacher.data.rows import load_rows, validate_rows
 from hf_negteacher.evaluation.generation_quality import QualitySettings, generation_rows
 from hf_negteacher.evaluation.report import metric_label
 from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap
-from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+from hf_negteacher.models import DEFAULT_MODEL, base_model_info, checkpoint_weights
 from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
 from hf_negteacher.teacher.spec import TeacherConfig
+from hf_negteacher.training.config import DEFAULT_TEACHER
 
 SHOWN = ["rougeL", "chrF", "words", "cut_off_fraction"]
 BETAS = [0.1, 0.25, 0.5, 1.0]
@@ -76,11 +77,13 @@ def main() -> None:
     weights = checkpoint_weights(DEFAULT_MODEL)
     held_out = validate_rows(load_rows("bundled:eval")[: 2 * args.rows], tokenizer)
     sweep_rows, check_rows = held_out[: args.rows], held_out[args.rows:]
-    adapter = Path(args.output) / "adapters" / "SFT-QLoRA-steps=12-seed=0-nf4=False-rows=100"
+    adapter = Path(args.output) / "adapters" / "decoding-sft-trl-lora-fp32-steps=12-seed=0"
     if not (adapter / "adapter_config.json").is_file():
-        train_rows = load_rows("bundled:train")[:48]
-        train("SFT-QLoRA", train_rows, validate_rows(train_rows, tokenizer), 0, 12, False, tokenizer, weights, adapter)
-    policy = PeftModel.from_pretrained(load_policy(False), str(adapter)).eval()
+        trainer = train_sft(load_policy(DEFAULT_MODEL, nf4=False), tokenizer, load_rows("bundled:train")[:48], 0, 12,
+                            adapter)
+        trainer.train()
+        trainer.save_model(str(adapter))
+    policy = PeftModel.from_pretrained(load_policy(DEFAULT_MODEL, nf4=False), str(adapter)).eval()
     teacher = build_negative_teacher(policy, config=TeacherConfig.from_spec(DEFAULT_TEACHER), weights=weights)
     greedy = QualitySettings(generation_rows=args.rows, max_new_tokens=args.max_new_tokens)
     sampling = QualitySettings(generation_rows=args.rows, max_new_tokens=args.max_new_tokens, temperature=0.7,
@@ -107,7 +110,8 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     text = "\n\n".join([
-        f"policy: SmolLM2-135M-Instruct fp32 + SFT-QLoRA adapter (bench_quality, 12 steps, seed 0) on {device}; "
+        f"policy: {base_model_info(policy).weights} + an SFT adapter (trl.SFTTrainer, LoRA r16, 12 steps x 4 rows, "
+        f"seed 0) on {device}; "
         f"teacher (amateur) {DEFAULT_TEACHER}, dequantized once per generate call; at most {args.max_new_tokens} "
         f"new tokens, batch 16; * = interval excludes 0",
         f"### sweep: held-out rows 0-{args.rows - 1}", table(sweep, "greedy"),

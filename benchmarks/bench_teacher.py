@@ -15,7 +15,7 @@ import torch
 
 from hf_negteacher import TeacherConfig, build_negative_teacher, load_causal_lm, load_tokenizer, memory_report
 from hf_negteacher.data.rows import load_rows, to_prompt_answer
-from hf_negteacher.models import DEFAULT_MODEL, nf4_config
+from hf_negteacher.models import DEFAULT_MODEL, base_model_info, nf4_config
 from hf_negteacher.teacher.layer import materialized
 
 SETTINGS = ["ternary", "ternary,activation_bits=0", "binary", "int2", "int3", "int4", "int4,strength=0.5"]
@@ -55,7 +55,7 @@ def main() -> None:
     print("| model | bits/weight (block Linears) | own memory (MiB) | own / NF4 policy footprint | "
           "tokens/s | speed / fp32 | dequantized once per generate: tokens/s | speed / fp32 |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| fp32 base | 32 | {fp32.get_memory_footprint() / 2**20:.1f} | "
+    print(f"| fp32 base ({base_model_info(fp32).weights}) | 32 | {fp32.get_memory_footprint() / 2**20:.1f} | "
           f"{fp32.get_memory_footprint() / nf4_bytes:.2f}x | {fp32_speed:.1f} | 1.00x | | |")
     print(f"| NF4 policy (double quant) | ~4.1 | {nf4_bytes / 2**20:.1f} | 1.00x | {nf4_speed:.1f} | "
           f"{nf4_speed / fp32_speed:.2f}x | | |")

@@ -26,20 +26,33 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
 @torch.no_grad()
 def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
                         pad_token_id: int, batch_size: int = 16, progress: bool = False) -> list[tuple[float, int]]:
-    """Per row: (sum of the completion tokens' log-probabilities given the prompt, their number)."""
+    """Per row: (sum of the completion tokens' log-probabilities given the prompt, their number).
+
+    Rows are left-padded (positions from the attention mask), so every completion ends the sequence and only
+    the logits of the last `longest completion + 1` positions are computed: with a large vocabulary the
+    prompt's logits would cost more than the rest of the forward.
+    """
     device = next(model.parameters()).device
     results: list[tuple[float, int]] = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc="scoring answers", disable=not progress):
         rows = list(zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size], strict=True))
-        input_ids = pad([torch.tensor([*p, *a], dtype=torch.long) for p, a in rows], pad_token_id)
-        attention = pad([torch.ones(len(p) + len(a), dtype=torch.long) for p, a in rows], 0)
-        completion_mask = pad([torch.tensor([False] * len(p) + [True] * len(a)) for p, a in rows], False)
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        token_logprobs = logprobs.gather(-1, input_ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
-        mask = completion_mask[:, 1:].to(device)
+        input_ids = pad([torch.tensor([*p, *a], dtype=torch.long) for p, a in rows], pad_token_id,
+                        padding_side="left").to(device)
+        attention = pad([torch.ones(len(p) + len(a), dtype=torch.long) for p, a in rows], 0,
+                        padding_side="left").to(device)
+        longest = max(len(a) for _, a in rows)
+        if longest == 0:
+            results.extend((0.0, 0) for _ in rows)
+            continue
+        logits = model(input_ids=input_ids, attention_mask=attention,
+                       position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                       logits_to_keep=longest + 1).logits[:, -longest - 1:].float()
+        targets = input_ids[:, -longest:]
+        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        lengths = torch.tensor([len(a) for _, a in rows], device=device)
+        mask = torch.arange(longest, device=device)[None] >= longest - lengths[:, None]
         sums = (token_logprobs * mask).sum(-1)
-        results.extend((float(s), int(n)) for s, n in zip(sums.tolist(), mask.sum(-1).tolist(), strict=True))
+        results.extend((float(s), int(n)) for s, n in zip(sums.tolist(), lengths.tolist(), strict=True))
     return results
 
 

@@ -60,7 +60,10 @@ def test_completion_logprobs_and_perplexity_by_hand(tiny_llama):
     expected = sum(logprobs[len(prompt) - 1 + i, token].item() for i, token in enumerate(answer))
     assert count == 3 and total == pytest.approx(expected, rel=1e-5)
     padded = completion_logprobs(tiny_llama, [prompt, [4]], [answer, [7, 8, 9, 10, 11]], pad_token_id=0)
-    assert padded[0][0] == pytest.approx(total, rel=1e-4)  # right padding leaves a row's score unchanged
+    assert padded[0][0] == pytest.approx(total, rel=1e-4)  # padding leaves a row's score unchanged
+    alone = completion_logprobs(tiny_llama, [[4]], [[7, 8, 9, 10, 11]], pad_token_id=0)
+    assert padded[1] == (pytest.approx(alone[0][0], rel=1e-4), 5)
+    assert completion_logprobs(tiny_llama, [prompt], [[]], pad_token_id=0) == [(0.0, 0)]
     assert perplexity([(total, count)]) == pytest.approx(math.exp(-total / 3))
     with pytest.raises(ValueError, match="zero tokens"):
         perplexity([(0.0, 0)])
