@@ -35,7 +35,8 @@ def test_bundled_dataset_is_real_and_split(smol_tokenizer):
     ({"text": "hello"}, r"row 0: row with columns \['text'\] fits no accepted format: conversational `messages`"),
     ({"prompt": "  ", "completion": "x"}, r"row 0: a row has an empty prompt"),
     ({"prompt": "Define cat:", "completion": " "}, r"row 0: a row has an empty reference answer"),
-    ({"messages": [{"role": "user", "content": "hi"}]}, r"must be a list of \{role, content\} ending"),
+    ({"messages": [{"role": "system", "content": "hi"}]}, r"must be a list of \{role, content\} ending"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, r"row 0: a prompt alone, with no reference answer"),
 ])
 def test_bad_rows_are_named(row, message, smol_tokenizer):
     with pytest.raises(DataFormatError, match=message):

@@ -152,3 +152,15 @@ def test_generate_command_writes_a_resumable_preference_dataset(tmp_path, capsys
     main(argv)  # same settings: the complete file is reused, not regenerated
     assert (tmp_path / "negatives.jsonl").read_bytes() == first
     assert "6 rows" in capsys.readouterr().out
+
+
+def test_prompt_only_recipe_trains_on_the_prompts_alone(tmp_path):
+    from safetensors.torch import load_file
+
+    main(["train", "recipes/smollm2-135m/prompt-only.yaml", "--output_dir", str(tmp_path), "--max_steps", "1",
+          "--num_train_rows", "4", "--num_eval_rows", "4", "--negatives_max_new_tokens", "8",
+          "--chosen_num_samples", "2", "--save_strategy", "no"])
+    card = (tmp_path / "README.md").read_text()
+    assert "| chosen_source | `policy` |" in card and "| negative_source | `teacher` |" in card
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)

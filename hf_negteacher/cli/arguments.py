@@ -87,6 +87,9 @@ class DataArguments:
         "help": "Held-out rows for the evaluation table (same forms); none to skip."})
     num_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     num_eval_rows: int | None = field(default=200, metadata={"help": "Use only the first N held-out rows."})
+    drop_references: bool = field(default=False, metadata={
+        "help": "Train on the training rows' prompts alone, as if they had no reference answers (needs a "
+                "chosen_source that writes answers, e.g. policy); the held-out rows keep theirs for evaluation."})
 
 
 @dataclass

@@ -13,11 +13,14 @@ from .recipe import RecipeError, parse
 logger = logging.getLogger(__name__)
 
 
-def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int | None):
-    from ..data.rows import load_rows, validate_rows
+def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int | None, *,
+                    require_answer: bool = True, drop_references: bool = False):
+    from ..data.rows import load_rows, validate_rows, without_reference
 
     rows = load_rows(source)[:limit] if limit else load_rows(source)
-    return rows, validate_rows(rows, tokenizer, max_length)
+    if drop_references:
+        rows = [without_reference(row) for row in rows]
+    return rows, validate_rows(rows, tokenizer, max_length, require_answer=require_answer)
 
 
 def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):
@@ -55,16 +58,17 @@ def _epoch_steps(num_rows: int, args: NegativeTeacherConfig) -> int:
 
 def _prepare(argv: list[str], prog: str):
     from ..models import load_tokenizer
+    from ..training.chosen_sources import chosen_source, reads_reference
+    from ..training.negative_sources import negative_source, setup_sources
 
     model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
     _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length)
+    chosen = chosen_source(args.chosen_source)
+    train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length,
+                            require_answer=reads_reference(chosen), drop_references=data_args.drop_references)
     if args.negatives_mode == "online":  # a source's own checks of the rows (negative_source: dataset needs `rejected`)
-        from ..training.chosen_sources import chosen_source
-        from ..training.negative_sources import negative_source, setup_sources
-
-        setup_sources(train[0], negative_source(args.negative_source), chosen_source(args.chosen_source))
+        setup_sources(train[0], negative_source(args.negative_source), chosen)
     held_out = None
     if data_args.eval_dataset:
         held_out = _rows_and_pairs(data_args.eval_dataset, data_args.num_eval_rows, tokenizer, args.max_length)

@@ -12,6 +12,8 @@ ACCEPTED_FORMATS = (
     "conversational `messages` (the last assistant turn is the reference); "
     "`prompt` + `completion` (text or conversational); `prompt` + `chosen` (text or conversational)"
 )
+PROMPT_ONLY_FORMATS = "`messages` ending with a user turn, or `prompt` alone"
+"""Rows without a reference answer: accepted when the chosen side is written by a model (`chosen_source`)."""
 
 
 class DataFormatError(ValueError):
@@ -23,7 +25,7 @@ class PromptAnswer:
     prompt: str
     """The prompt as the model sees it (chat template applied, generation prompt added)."""
     answer: str
-    """The reference answer text (no end-of-turn marker)."""
+    """The reference answer text (no end-of-turn marker); empty for a prompt-only row."""
     accepted: tuple[str, ...] = ()
     """Other answers that count as right (a row's `accepted` list: the reverse dictionary's synonyms)."""
 
@@ -112,24 +114,35 @@ def _is_conversation(value) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
 
 
-def split_conversation(row: dict) -> tuple[list[dict] | str, list[dict] | str]:
-    """Return (prompt, reference) of a row, each text or a list of chat messages."""
+def split_conversation(row: dict) -> tuple[list[dict] | str, list[dict] | str | None]:
+    """Return (prompt, reference) of a row, each text or a list of chat messages; the reference is None
+    for a prompt-only row (`messages` ending with a user turn, or `prompt` alone)."""
     if not isinstance(row, dict):
         raise DataFormatError(f"expected a row of named columns, got {type(row).__name__} {str(row)[:40]!r}")
     if "messages" in row:
         messages = row["messages"]
-        if not _is_conversation(messages) or not messages or messages[-1]["role"] != "assistant":
-            raise DataFormatError("`messages` must be a list of {role, content} ending with an assistant turn")
-        return messages[:-1], messages[-1:]
+        if not _is_conversation(messages) or not messages or messages[-1]["role"] not in ("assistant", "user"):
+            raise DataFormatError("`messages` must be a list of {role, content} ending with an assistant turn "
+                                  "(or, for a prompt alone, a user turn)")
+        return (messages, None) if messages[-1]["role"] == "user" else (messages[:-1], messages[-1:])
     for answer_key in ("completion", "chosen"):
         if "prompt" in row and answer_key in row:
             return row["prompt"], row[answer_key]
-    raise DataFormatError(f"row with columns {sorted(row)} fits no accepted format: {ACCEPTED_FORMATS}")
+    if "prompt" in row:
+        return row["prompt"], None
+    raise DataFormatError(f"row with columns {sorted(row)} fits no accepted format: {ACCEPTED_FORMATS}; "
+                          f"or, for prompts alone, {PROMPT_ONLY_FORMATS}")
 
 
-def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
-    """Render a row's prompt as the model sees it (chat template when conversational)."""
+def to_prompt_answer(row: dict, tokenizer, *, require_answer: bool = True) -> PromptAnswer:
+    """Render a row's prompt as the model sees it (chat template when conversational); a prompt-only row
+    (answer "") is an error unless `require_answer` is False."""
     prompt, reference = split_conversation(row)
+    if reference is None:
+        if require_answer:
+            raise DataFormatError("a prompt alone, with no reference answer: SFT and chosen_source=reference need "
+                                  "one; give it, or set chosen_source: policy to train on prompts alone")
+        reference = ""
     conversational = _is_conversation(prompt) or _is_conversation(reference)
     if conversational and not getattr(tokenizer, "chat_template", None):
         raise DataFormatError("conversational data needs a tokenizer with a chat template; this one has none")
@@ -141,7 +154,7 @@ def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
         prompt_text, answer = str(prompt), str(reference)
     if not prompt_text.strip():
         raise DataFormatError("a row has an empty prompt")
-    if not answer.strip():
+    if not answer.strip() and require_answer:
         raise DataFormatError(f"a row has an empty reference answer (prompt: {prompt_text[:60]!r})")
     accepted = row.get("accepted", ())
     if not isinstance(accepted, list | tuple) or not all(isinstance(a, str) and a.strip() for a in accepted):
@@ -149,24 +162,34 @@ def to_prompt_answer(row: dict, tokenizer) -> PromptAnswer:
     return PromptAnswer(prompt_text, answer, tuple(accepted))
 
 
+def without_reference(row: dict) -> dict:
+    """The row's prompt alone, as a prompt-only row (`messages` ending with the user turn, or `prompt`)."""
+    prompt, _ = split_conversation(row)
+    return {"messages": prompt} if _is_conversation(prompt) else {"prompt": prompt}
+
+
 def preference_row(row: dict) -> dict:
-    """A row in TRL's preference format: `prompt`, `chosen` (text, or chat messages), and the
-    dataset's own `rejected` when it has one."""
+    """A row in TRL's preference format: `prompt`, `chosen` (text, or chat messages; for a prompt-only row
+    an empty answer, a placeholder the chosen source fills), and the dataset's own `rejected` when it has one."""
     prompt, chosen = split_conversation(row)
+    if chosen is None:
+        chosen = [{"role": "assistant", "content": ""}] if _is_conversation(prompt) else ""
     result = {"prompt": prompt, "chosen": chosen}
     if "rejected" in row:
         result["rejected"] = row["rejected"]
     return result
 
 
-def validate_rows(rows: list[dict], tokenizer, max_length: int | None = None) -> list[PromptAnswer]:
-    """Check every row before any model is loaded; errors name the row and what is wrong."""
+def validate_rows(rows: list[dict], tokenizer, max_length: int | None = None, *,
+                  require_answer: bool = True) -> list[PromptAnswer]:
+    """Check every row before any model is loaded; errors name the row and what is wrong. With
+    `require_answer=False`, prompt-only rows are accepted (their `answer` is empty)."""
     if not rows:
         raise DataFormatError("the dataset has no rows")
     pairs = []
     for index, row in enumerate(rows):
         try:
-            pair = to_prompt_answer(row, tokenizer)
+            pair = to_prompt_answer(row, tokenizer, require_answer=require_answer)
         except DataFormatError as error:
             raise DataFormatError(f"row {index}: {error}") from None
         if max_length is not None:

@@ -1,16 +1,22 @@
 """Where the chosen side comes from: the same kind of seam as the rejected side (`negative_sources`).
 
 A chosen source gives one answer per example, as token ids without the end-of-answer tokens; the
-trainer pairs it with the example's negatives (which are filtered against it). `reference`, the
-dataset's own answer, is the default and today's only shipped source; pass your own object as
-`NegativeTeacherTrainer(..., chosen_source=...)`.
+trainer pairs it with the example's negatives (which are filtered against it). Shipped: `reference`, the
+dataset's own answer (the default), and `policy`, the policy's own answer, which needs no reference: rows
+may then be prompts alone. Pass your own object as `NegativeTeacherTrainer(..., chosen_source=...)`; one
+whose `reads_reference` is False lets prompt-only rows through.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .negative_sources import SourceError, SourceRequest
+from ..logprobs import completion_logprobs
+from ..models import eval_mode
+from .negative_sources import SourceError, SourceRequest, sample
 
 
 @runtime_checkable
@@ -24,16 +30,60 @@ class ChosenSource(Protocol):
         ...
 
 
+def reads_reference(source) -> bool:
+    """Whether `source` needs each row's reference answer (sources that say nothing do)."""
+    return getattr(source, "reads_reference", True)
+
+
 class ReferenceSource:
     """The dataset's reference answer (what SFT trains on): the default."""
 
     name = "reference"
+    reads_reference = True
 
     def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
         return [list(reference) for reference in request.references]
 
 
-CHOSEN_SOURCES: dict[str, type] = {source.name: source for source in (ReferenceSource,)}
+class PolicySource:
+    """The policy's own answer, adapter on, as it is at this step: its greedy answer, or with
+    `chosen_num_samples` > 1 the best of that many samples by its own length-normalized log-probability.
+    Complete answers (ended before `negatives_max_new_tokens`, not empty) come first; a prompt with none
+    gets its best cut-off one, counted in `chosen/cut_off_fraction`."""
+
+    name = "policy"
+    reads_reference = False
+
+    def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
+        samples = trainer.args.chosen_num_samples
+        settings = request.settings if samples > 1 else dataclasses.replace(request.settings, temperature=0.0)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        candidates = sample(trainer, model, dataclasses.replace(request, n=samples, settings=settings))
+        if samples == 1:
+            scores = [[0.0] for _ in candidates]
+        else:
+            with eval_mode(model):
+                flat = completion_logprobs(model, [p for p, c in zip(request.prompts, candidates, strict=True)
+                                                   for _ in c], [a for c in candidates for a in c],
+                                           pad_token_id=trainer.processing_class.pad_token_id,
+                                           batch_size=settings.batch_size)
+            scores = [[total / count if count else -math.inf for total, count in flat[i * samples:(i + 1) * samples]]
+                      for i in range(len(candidates))]
+        picked = [pick_answer(c, s, settings.max_new_tokens) for c, s in zip(candidates, scores, strict=True)]
+        trainer.count_chosen([ids for ids, _ in picked], [complete for _, complete in picked])
+        return [ids for ids, _ in picked]
+
+
+def pick_answer(candidates: Sequence[list[int]], scores: Sequence[float], max_new_tokens: int
+                ) -> tuple[list[int], bool]:
+    """The best-scoring complete candidate (not empty, ended before `max_new_tokens`), else the best-scoring
+    one; and whether it is complete."""
+    complete = [bool(c) and len(c) < max_new_tokens for c in candidates]
+    best = max(range(len(candidates)), key=lambda i: (complete[i], scores[i]))
+    return list(candidates[best]), complete[best]
+
+
+CHOSEN_SOURCES: dict[str, type] = {source.name: source for source in (ReferenceSource, PolicySource)}
 """The shipped chosen sources by name (the config's `chosen_source`)."""
 
 

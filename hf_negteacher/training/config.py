@@ -68,12 +68,20 @@ class NegativeTeacherConfig(DPOConfig):
                 "1.6x faster teacher generation on CPU, at the price of a transient full-precision copy of those "
                 "layers (default: on without CUDA, off on GPU)."})
 
+    teacher_follow_every: int = field(default=0, metadata={
+        "help": "Rebuild the teacher from the current policy every N optimizer steps: the checkpoint's weights plus "
+                "the LoRA delta, quantized with the same setting (the opponent follows the model, as in SPIN). 0: "
+                "a fixed crippled copy of the starting weights. Its packed state is saved in every checkpoint."})
     negative_source: str = field(default="teacher", metadata={
         "help": "Online: where the rejected answers come from: teacher (samples of the low-bit copy), self (the "
                 "policy's own samples, adapter on), in_batch (other rows' references in the batch) or dataset (the "
                 "rows' own `rejected` answers)."})
     chosen_source: str = field(default="reference", metadata={
-        "help": "Online: where the chosen answers come from: reference (the dataset's answer)."})
+        "help": "Online: where the chosen answers come from: reference (the dataset's answer) or policy (the "
+                "policy's own answer, adapter on; rows may then be prompts alone, with no reference)."})
+    chosen_num_samples: int = field(default=1, metadata={
+        "help": "chosen_source=policy: 1, the greedy answer; n > 1, the best of n samples (negatives_temperature, "
+                "top_p, top_k) by the policy's length-normalized log-probability, complete answers first."})
     negatives_mode: str = field(default="online", metadata={
         "help": "online: the teacher generates rejected answers inside the training loop; offline: a preference "
                 "dataset is generated once before training (see `negteacher generate`)."})
@@ -126,15 +134,26 @@ class NegativeTeacherConfig(DPOConfig):
         except ValueError as error:
             raise ConfigError(str(error)) from None
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
-                     "teacher_token_top_k", "negatives_max_tries"):
+                     "teacher_token_top_k", "negatives_max_tries", "chosen_num_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.chosen_num_samples > 1 and self.negatives_temperature <= 0:
+            raise ConfigError(f"chosen_num_samples={self.chosen_num_samples} with negatives_temperature=0 (greedy) "
+                              "samples one answer; set negatives_temperature > 0, or chosen_num_samples 1")
         if self.num_negatives > 1 and self.negatives_temperature <= 0:
             raise ConfigError(f"num_negatives={self.num_negatives} with negatives_temperature=0 (greedy) gives one "
                               "answer per prompt; set negatives_temperature > 0")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
         self.teacher = self._resolve_teacher()
+        if self.teacher_follow_every < 0:
+            raise ConfigError(f"teacher_follow_every={self.teacher_follow_every}: expected 0 (off) or a step count")
+        if self.teacher_follow_every and self.negatives_mode == "offline":
+            raise ConfigError("teacher_follow_every needs negatives_mode=online: offline pairs are generated once, "
+                              "before training")
+        if self.teacher_follow_every and self.teacher_config().strength < 1.0:
+            raise ConfigError(f"teacher_follow_every with teacher={self.teacher!r}: a strength below 1 runs the "
+                              "policy's frozen base layer, which the rebuilt teacher would not follow; use strength 1")
 
     def _resolve_teacher(self) -> str:
         """The teacher spec from `teacher`, or from the deprecated `teacher_*` fields (not both), normalized."""

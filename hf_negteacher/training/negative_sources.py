@@ -62,7 +62,7 @@ class TeacherSource:
 
     def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
         with materialized(trainer.teacher, trainer.args.teacher_dequantize_once):
-            return _sample(trainer, trainer.teacher, request)
+            return sample(trainer, trainer.teacher, request)
 
 
 class SelfSource:
@@ -71,7 +71,7 @@ class SelfSource:
     name = "self"
 
     def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
-        return _sample(trainer, trainer.accelerator.unwrap_model(trainer.model), request)
+        return sample(trainer, trainer.accelerator.unwrap_model(trainer.model), request)
 
 
 class InBatchSource:
@@ -133,7 +133,8 @@ def negative_source(name: str) -> NegativeSource:
 
 
 @torch.no_grad()
-def _sample(trainer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
+def sample(trainer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
+    """`request.n` answers per prompt from `model` (in eval mode), with the request's settings and seed."""
     tokenizer = trainer.processing_class
     with eval_mode(model):
         return generate_negative_ids(model, request.prompts, request.settings, seed=request.seed,

@@ -23,8 +23,9 @@ from ..hub import last_logged_metrics, name_adapter_base, render_model_card
 from ..logprobs import completion_logprobs
 from ..models import base_model_info, eval_mode, named_as
 from ..teacher.build import build_negative_teacher
+from ..teacher.follow import load_teacher_state, policy_weights, save_teacher_state
 from ..teacher.layer import materialized
-from .chosen_sources import ChosenSource
+from .chosen_sources import ChosenSource, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
 from .losses import reads_rejected, split_loss_types
@@ -77,14 +78,17 @@ class NegativeTeacherTrainer(DPOTrainer):
         tokenizer = processing_class
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        train_rows = _as_rows(train_dataset, "train_dataset")
-        eval_rows = None if eval_dataset is None else _as_rows(eval_dataset, "eval_dataset")
-        train_pairs = None if _is_generated(train_rows) else validate_rows(train_rows, tokenizer, args.max_length)
-        eval_pairs = None
-        if eval_rows is not None and not _is_generated(eval_rows):
-            eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length)
         self.negative_source = negative_source or negative_source_named(args.negative_source)
         self.chosen_source = chosen_source or chosen_source_named(args.chosen_source)
+        require_answer = reads_reference(self.chosen_source)  # otherwise rows may be prompts alone
+        train_rows = _as_rows(train_dataset, "train_dataset")
+        eval_rows = None if eval_dataset is None else _as_rows(eval_dataset, "eval_dataset")
+        train_pairs = None
+        if not _is_generated(train_rows):
+            train_pairs = validate_rows(train_rows, tokenizer, args.max_length, require_answer=require_answer)
+        eval_pairs = None
+        if eval_rows is not None and not _is_generated(eval_rows):
+            eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length, require_answer=require_answer)
         if args.negatives_mode == "online":
             setup_sources(train_rows + (eval_rows or []), self.negative_source, self.chosen_source)
         info = base_model_info(model)
@@ -93,6 +97,11 @@ class NegativeTeacherTrainer(DPOTrainer):
             logger.warning("the base model has no known Hub id (%s): adapter_config.json will name a local folder; "
                            "pass base_model_id (--base_model_id) so others can load the adapter",
                            self.base_model.weights)
+        if args.teacher_follow_every and _shards_parameters(args):
+            raise ConfigError("teacher_follow_every under FSDP / ZeRO-3: the LoRA delta is sharded across processes; "
+                              "use DDP or one process")
+        self._teacher_weights = teacher_weights
+        self._teacher_built_at = 0
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
@@ -173,7 +182,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             trained_weights=self.base_model.weights,
             repo_id=args.hub_model_id or model_name or Path(args.output_dir).name,
             teacher={"chosen_source": self.chosen_source.name, "negative_source": self.negative_source.name,
-                     "setting": args.teacher, "negatives_mode": args.negatives_mode,
+                     "setting": args.teacher, "follow_every": args.teacher_follow_every or "off (fixed)",
+                     "negatives_mode": args.negatives_mode,
                      "num_negatives": args.num_negatives, "refresh_every": args.refresh_every,
                      **{k: v for k, v in dataclasses.asdict(args.generation_settings()).items() if k != "batch_size"}},
             dataset_name=dataset_name or self.dataset_name,
@@ -199,6 +209,9 @@ class NegativeTeacherTrainer(DPOTrainer):
     # Online negatives ---------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        every, step = self.args.teacher_follow_every, self.state.global_step
+        if every and step and step % every == 0 and step != self._teacher_built_at:
+            self.follow_policy()
         self._generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -208,10 +221,33 @@ class NegativeTeacherTrainer(DPOTrainer):
             self._metrics["train"]["negatives/generation_time_share"].append(share.item())
         return loss
 
+    def follow_policy(self) -> None:
+        """Rebuild the teacher from the current policy: the checkpoint's weights plus the LoRA delta, quantized
+        with the same setting. The old teacher's packed tensors are dropped, so memory does not grow."""
+        policy = self.accelerator.unwrap_model(self.model)
+        config = self.args.teacher_config()
+        weights = policy_weights(policy, config, self._teacher_weights)
+        self.teacher = build_negative_teacher(policy, config=config, weights=weights).to(self.accelerator.device)
+        self._teacher_built_at = self.state.global_step
+        self._metrics["train"]["teacher/rebuilt_at_step"].append(float(self.state.global_step))
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.teacher_follow_every and self.is_world_process_zero():
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            save_teacher_state(self.teacher, folder)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.args.teacher_follow_every and load_teacher_state(self.teacher, resume_from_checkpoint):
+            logger.info("teacher: restored the followed teacher from %s", resume_from_checkpoint)
+
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
             examples = inputs["negteacher_examples"]
-            if self._uses_negatives:
+            if self._uses_negatives or not reads_reference(self.chosen_source):
                 examples = self._with_negatives(examples)
             inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
@@ -246,7 +282,9 @@ class NegativeTeacherTrainer(DPOTrainer):
         """Examples with teacher negatives as `rejected_ids`, exactly `num_negatives` per example, so every
         process holds the same number of pairs (TRL gathers per-pair tensors across processes). Cached
         negatives younger than `refresh_every` steps are reused, the others generated in one batched call.
-        Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged."""
+        Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged. With a
+        loss that never reads the rejected side (`sft` alone) only the chosen answer is written, one pair per
+        example with an empty rejected placeholder."""
         fixed = [e for e in examples if e.get("negteacher_fixed")]
         examples = [e for e in examples if not e.get("negteacher_fixed")]
         args: NegativeTeacherConfig = self.args
@@ -264,15 +302,16 @@ class NegativeTeacherTrainer(DPOTrainer):
                 out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
                             "rejected_ids": negative + suffix})
                 self._step_stats["length"] += len(negative)
-        self._step_stats["pairs"] += len(out)
-        self._step_stats["prompts"] += len(examples)
+        if self._uses_negatives:
+            self._step_stats["pairs"] += len(out)
+            self._step_stats["prompts"] += len(examples)
         self._log_negative_stats()
         return out + fixed
 
     def _log_negative_stats(self) -> None:
         """This call's negative statistics, summed over processes (every process calls this once per batch)."""
         names = ("length", "pairs", "prompts", "generated", "filtered", "fallback", "reference_logprob",
-                 "reference_tokens")
+                 "reference_tokens", "chosen", "chosen_length", "chosen_cut_off")
         local = torch.tensor([float(self._step_stats[n]) for n in names], device=self.accelerator.device)
         total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
         self._step_stats.clear()
@@ -283,8 +322,17 @@ class NegativeTeacherTrainer(DPOTrainer):
         if total["generated"]:
             metrics["negatives/filtered_fraction"].append(total["filtered"] / total["generated"])
             metrics["negatives/fallback_fraction"].append(total["fallback"] / total["pairs"])
+        if total["chosen"]:
+            metrics["chosen/mean_length"].append(total["chosen_length"] / total["chosen"])
+            metrics["chosen/cut_off_fraction"].append(total["chosen_cut_off"] / total["chosen"])
         if total["reference_tokens"]:
             metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
+
+    def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
+        """A chosen source's statistics for this batch's log: `chosen/mean_length`, `chosen/cut_off_fraction`."""
+        self._step_stats["chosen"] += len(answers)
+        self._step_stats["chosen_length"] += sum(len(a) for a in answers)
+        self._step_stats["chosen_cut_off"] += sum(not c for c in complete)
 
     def _next_seed(self) -> int:
         """The next negatives call's seed: a function of (process, step, call within the step) only, so a
@@ -312,6 +360,11 @@ class NegativeTeacherTrainer(DPOTrainer):
         references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
         chosen = self.chosen_source.answers(self, SourceRequest(
             prompts=prompts, references=references, n=1, seed=self._seed(-1), settings=settings, examples=examples))
+        if not self._uses_negatives:
+            for i, key in enumerate(keys):
+                self._negative_cache[key] = (self.state.global_step, chosen[i], [[]])
+            self._generation_seconds += time.perf_counter() - start
+            return
         generated_before, filtered_before = self.negative_filter.counts["generated"], self.negative_filter.filtered
         kept: list[list[list[int]]] = [[] for _ in examples]
         candidates: list[list[list[int]]] = [[] for _ in examples]

@@ -1,0 +1,131 @@
+"""Prompt-only rows and the `policy` chosen source: the policy's own answer is chosen, no reference needed."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer
+from hf_negteacher.data.rows import DataFormatError, load_rows, preference_row, validate_rows
+from hf_negteacher.generation import generate_negative_ids, stop_token_ids
+from hf_negteacher.training.chosen_sources import pick_answer
+from hf_negteacher.training.config import ConfigError
+from hf_negteacher.training.negative_sources import example_key
+
+PROMPTS = [{"messages": row["messages"][:1]} for row in load_rows("bundled:train")[:8]]
+
+
+def config(tmp_path, **overrides) -> NegativeTeacherConfig:
+    values = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=4,
+                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6,
+                  teacher="int3,group_size=32", report_to=[], logging_steps=1, save_strategy="no", seed=0,
+                  chosen_source="policy")
+    return NegativeTeacherConfig(**{**values, **overrides})
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+
+def moved(trainer) -> bool:
+    return any(v.abs().sum() > 0 for k, v in trainer.model.named_parameters() if "lora_B" in k)
+
+
+def test_prompt_only_rows_are_accepted_only_where_a_model_writes_the_chosen_side(smol_tokenizer):
+    rows = [{"messages": [{"role": "user", "content": "Define cat."}]}, {"prompt": "Define dog:"}]
+    pairs = validate_rows(rows, smol_tokenizer, require_answer=False)
+    assert [p.answer for p in pairs] == ["", ""]
+    assert pairs[0].prompt.endswith("<|im_start|>assistant\n") and pairs[1].prompt == "Define dog:"
+    with pytest.raises(DataFormatError, match=r"row 0: a prompt alone.*chosen_source: policy"):
+        validate_rows(rows, smol_tokenizer)
+    assert preference_row(rows[0])["chosen"] == [{"role": "assistant", "content": ""}]
+    assert preference_row(rows[1]) == {"prompt": "Define dog:", "chosen": ""}
+    with pytest.raises(DataFormatError, match="or, for prompts alone"):
+        validate_rows([{"question": "?"}], smol_tokenizer, require_answer=False)
+
+
+def test_pick_answer_takes_the_best_complete_answer_then_the_best_cut_off_one():
+    # max_new_tokens 4: [1, 2, 3, 4] ran to the limit, [] is empty; both lose to a complete answer.
+    assert pick_answer([[1, 2, 3, 4], [5, 6], [], [7]], [-0.1, -2.0, 0.0, -3.0], 4) == ([5, 6], True)
+    assert pick_answer([[1, 2, 3, 4], [5, 6, 7, 8]], [-1.0, -0.5], 4) == ([5, 6, 7, 8], False)
+
+
+def test_policy_greedy_answers_are_chosen_and_prompts_alone_train(tiny_chat_model, smol_tokenizer, tmp_path):
+    untrained = copy.deepcopy(tiny_chat_model).eval()
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path), PROMPTS, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    requests = []
+    answers = trainer.chosen_source.answers
+    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    trainer.train()
+    request = requests[0]
+    assert all(not reference for reference in request.references)  # nothing to read: prompts alone
+    greedy = request.settings.__class__(**{**vars(request.settings), "temperature": 0.0})
+    # At step 0 the adapter is still zero: the policy's greedy answers are the untrained model's.
+    expected = generate_negative_ids(untrained, request.prompts, greedy, seed=request.seed,
+                                     pad_token_id=smol_tokenizer.pad_token_id,
+                                     stop_token_ids=stop_token_ids(smol_tokenizer, untrained))
+    by_prompt = {tuple(e["prompt_ids"]): e for e in trainer.train_dataset}
+    for prompt, (answer,) in zip(request.prompts, expected, strict=True):
+        _, chosen, negatives = trainer._negative_cache[example_key(by_prompt[tuple(prompt)])]
+        assert chosen == answer and negatives[0] != chosen
+    log = trainer.state.log_history[0]
+    assert log["chosen/mean_length"] == pytest.approx(sum(len(a) for (a,) in expected) / 4)
+    assert log["chosen/cut_off_fraction"] == pytest.approx(sum(len(a) == 6 for (a,) in expected) / 4)
+    assert moved(trainer)
+
+
+def test_best_of_n_is_chosen_by_the_policys_length_normalized_log_probability(tiny_chat_model, smol_tokenizer,
+                                                                               tmp_path):
+    untrained = copy.deepcopy(tiny_chat_model).eval()
+    args = config(tmp_path, chosen_num_samples=3, negatives_temperature=1.0)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, PROMPTS[:4], processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    examples = [dict(e) for e in trainer.train_dataset]
+    requests = []
+    answers = trainer.chosen_source.answers
+    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    pairs = trainer._with_negatives(examples)
+    request = requests[0]
+    samples = generate_negative_ids(untrained, request.prompts, request.settings, seed=request.seed,
+                                    pad_token_id=smol_tokenizer.pad_token_id,
+                                    stop_token_ids=stop_token_ids(smol_tokenizer, untrained), num_return_sequences=3)
+    suffix = examples[0]["rejected_ids"]
+    for prompt, candidates, pair in zip(request.prompts, samples, pairs, strict=True):
+        def mean_logprob(answer, prompt=prompt):
+            with torch.no_grad():
+                logprobs = torch.log_softmax(untrained(input_ids=torch.tensor([prompt + answer])).logits[0], -1)
+            return sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer)) / len(answer)
+        assert len({tuple(c) for c in candidates}) > 1  # sampled: the choice is a real one
+        complete = [c for c in candidates if 0 < len(c) < 6] or candidates
+        assert pair["chosen_ids"] == max(complete, key=mean_logprob) + suffix
+
+
+def test_sft_on_the_policys_own_answers_writes_only_the_chosen_side(tiny_chat_model, smol_tokenizer, tmp_path):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, loss_type=["sft"]), PROMPTS,
+                                     processing_class=smol_tokenizer, peft_config=lora())
+    trainer.teacher.generate = lambda *a, **k: pytest.fail("the teacher generated")
+    trainer.train()
+    cached = list(trainer._negative_cache.values())
+    assert len(cached) == 4 and all(negatives == [[]] and chosen for _, chosen, negatives in cached)
+    assert "negatives/mean_length" not in trainer.state.log_history[0] and moved(trainer)
+
+
+def test_prompt_only_rows_need_a_chosen_source_that_writes_answers(tiny_chat_model, smol_tokenizer, tmp_path):
+    with pytest.raises(DataFormatError, match=r"row 0: a prompt alone"):
+        NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, chosen_source="reference"), PROMPTS,
+                               processing_class=smol_tokenizer, peft_config=lora())
+    with pytest.raises(ConfigError, match="chosen_num_samples=2 with negatives_temperature=0"):
+        config(tmp_path, chosen_num_samples=2, negatives_temperature=0)
+
+
+def test_without_reference_keeps_the_prompt_and_drops_the_answer(smol_tokenizer):
+    from hf_negteacher.data.rows import without_reference
+
+    row = load_rows("bundled:reverse-train")[0]
+    alone = without_reference(row)
+    assert alone == {"messages": row["messages"][:1]}
+    assert without_reference({"prompt": "Define dog:", "completion": " A canine."}) == {"prompt": "Define dog:"}
+    [pair] = validate_rows([alone], smol_tokenizer, require_answer=False)
+    assert pair.answer == "" and pair.prompt == validate_rows([row], smol_tokenizer)[0].prompt
