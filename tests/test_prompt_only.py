@@ -129,3 +129,19 @@ def test_without_reference_keeps_the_prompt_and_drops_the_answer(smol_tokenizer)
     assert without_reference({"prompt": "Define dog:", "completion": " A canine."}) == {"prompt": "Define dog:"}
     [pair] = validate_rows([alone], smol_tokenizer, require_answer=False)
     assert pair.answer == "" and pair.prompt == validate_rows([row], smol_tokenizer)[0].prompt
+
+
+def test_losses_for_weak_vs_weaker_pairs_train_from_the_config(tiny_chat_model, smol_tokenizer, tmp_path):
+    # TRL's own: length-normalized DPO (delta learning's setting, with a large beta), APO-zero, WPO weighting.
+    settings = {"sigmoid": {}, "sigmoid_norm, beta 5": {"loss_type": ["sigmoid_norm"], "beta": 5.0},
+                "apo_zero": {"loss_type": ["apo_zero"]}, "use_weighting": {"use_weighting": True}}
+    second_loss = {}
+    for name, overrides in settings.items():
+        values = {"loss_type": ["sigmoid"], "max_steps": 2, **overrides}
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / name, **values),
+                                         PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
+        trainer.train()
+        second_loss[name] = trainer.state.log_history[1]["loss"]  # at step 0 policy = reference: every margin 0
+        assert torch.isfinite(torch.tensor(second_loss[name])) and moved(trainer), name
+    # The same prompts and seeds under four objectives: four different losses after one update.
+    assert len({round(v, 6) for v in second_loss.values()}) == 4, second_loss
