@@ -82,6 +82,14 @@ class NegativeTeacherConfig(DPOConfig):
     chosen_num_samples: int = field(default=1, metadata={
         "help": "chosen_source=policy: 1, the greedy answer; n > 1, the best of n samples (negatives_temperature, "
                 "top_p, top_k) by the policy's length-normalized log-probability, complete answers first."})
+    band_min_margin: float | None = field(default=None, metadata={
+        "help": "Online: a candidate pair whose implicit reward margin beta [(log pi - log pi_ref)(chosen) - (same)"
+                "(rejected)] under the current policy is below this is too hard: resampled like a filtered negative "
+                "(None: no lower bound)."})
+    band_max_margin: float | None = field(default=None, metadata={
+        "help": "Online: a candidate pair already separated by more than this margin teaches little (sigmoid(-margin) "
+                "weights its gradient): resampled like a filtered negative (None: no upper bound). Logged: "
+                "band/filtered_fraction, band/margin_mean."})
     negatives_mode: str = field(default="online", metadata={
         "help": "online: the teacher generates rejected answers inside the training loop; offline: a preference "
                 "dataset is generated once before training (see `negteacher generate`)."})
@@ -146,6 +154,12 @@ class NegativeTeacherConfig(DPOConfig):
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
         self.teacher = self._resolve_teacher()
+        low, high = self.band_min_margin, self.band_max_margin
+        if low is not None and high is not None and low >= high:
+            raise ConfigError(f"band_min_margin={low} must be below band_max_margin={high}")
+        if (low is not None or high is not None) and self.negatives_mode == "offline":
+            raise ConfigError("band_min_margin / band_max_margin need negatives_mode=online: the margin is the "
+                              "current policy's")
         if self.teacher_follow_every < 0:
             raise ConfigError(f"teacher_follow_every={self.teacher_follow_every}: expected 0 (off) or a step count")
         if self.teacher_follow_every and self.negatives_mode == "offline":

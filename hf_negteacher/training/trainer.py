@@ -25,6 +25,7 @@ from ..models import base_model_info, eval_mode, named_as
 from ..teacher.build import build_negative_teacher
 from ..teacher.follow import load_teacher_state, policy_weights, save_teacher_state
 from ..teacher.layer import materialized
+from .band import in_band, pair_margins
 from .chosen_sources import ChosenSource, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
@@ -311,7 +312,8 @@ class NegativeTeacherTrainer(DPOTrainer):
     def _log_negative_stats(self) -> None:
         """This call's negative statistics, summed over processes (every process calls this once per batch)."""
         names = ("length", "pairs", "prompts", "generated", "filtered", "fallback", "reference_logprob",
-                 "reference_tokens", "chosen", "chosen_length", "chosen_cut_off")
+                 "reference_tokens", "chosen", "chosen_length", "chosen_cut_off", "band_scored", "band_out",
+                 "band_margin")
         local = torch.tensor([float(self._step_stats[n]) for n in names], device=self.accelerator.device)
         total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
         self._step_stats.clear()
@@ -322,11 +324,31 @@ class NegativeTeacherTrainer(DPOTrainer):
         if total["generated"]:
             metrics["negatives/filtered_fraction"].append(total["filtered"] / total["generated"])
             metrics["negatives/fallback_fraction"].append(total["fallback"] / total["pairs"])
+        if total["band_scored"]:
+            metrics["band/filtered_fraction"].append(total["band_out"] / total["band_scored"])
+            metrics["band/margin_mean"].append(total["band_margin"] / total["band_scored"])
         if total["chosen"]:
             metrics["chosen/mean_length"].append(total["chosen_length"] / total["chosen"])
             metrics["chosen/cut_off_fraction"].append(total["chosen_cut_off"] / total["chosen"])
         if total["reference_tokens"]:
             metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
+
+    def _in_band(self, passing: dict[int, list[list[int]]], prompts, chosen, examples) -> dict[int, list[list[int]]]:
+        """The candidates whose pair margin under the current policy lies in the configured band."""
+        flat = [(i, candidate) for i, candidates in passing.items() for candidate in candidates]
+        if not flat:
+            return passing
+        margins = pair_margins(self, [prompts[i] for i, _ in flat], [chosen[i] for i, _ in flat],
+                               [c for _, c in flat], [examples[i]["rejected_ids"] for i, _ in flat])
+        inside: dict[int, list[list[int]]] = {i: [] for i in passing}
+        for (i, candidate), margin in zip(flat, margins, strict=True):
+            if in_band(margin, self.args.band_min_margin, self.args.band_max_margin):
+                inside[i].append(candidate)
+            else:
+                self._step_stats["band_out"] += 1
+            self._step_stats["band_scored"] += 1
+            self._step_stats["band_margin"] += margin
+        return inside
 
     def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
         """A chosen source's statistics for this batch's log: `chosen/mean_length`, `chosen/cut_off_fraction`."""
@@ -373,9 +395,14 @@ class NegativeTeacherTrainer(DPOTrainer):
             request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
                                     n=args.num_negatives, seed=self._next_seed(), settings=settings,
                                     examples=[examples[i] for i in short])
+            passing = {}
             for i, new in zip(short, self.negative_source.candidates(self, request), strict=True):
                 candidates[i] += new
-                kept[i] += self.negative_filter.apply(new, chosen[i], kept[i])
+                passing[i] = self.negative_filter.apply(new, chosen[i], kept[i])
+            if args.band_min_margin is not None or args.band_max_margin is not None:
+                passing = self._in_band(passing, prompts, chosen, examples)
+            for i, good in passing.items():
+                kept[i] += good
             short = [i for i in short if len(kept[i]) < args.num_negatives]
             if not short:
                 break

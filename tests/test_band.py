@@ -1,0 +1,72 @@
+"""Pairs in the informative band: candidate pairs scored by their implicit reward margin before training."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig
+
+from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer
+from hf_negteacher.data.rows import load_rows
+from hf_negteacher.training.band import in_band, pair_margins
+from hf_negteacher.training.config import ConfigError
+
+ROWS = load_rows("bundled:train")[:4]
+
+
+def config(tmp_path, **overrides) -> NegativeTeacherConfig:
+    values = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=4,
+                  max_length=96, gradient_checkpointing=False, negatives_max_new_tokens=6,
+                  teacher="int3,group_size=32", report_to=[], logging_steps=1, save_strategy="no", seed=0, beta=0.5)
+    return NegativeTeacherConfig(**{**values, **overrides})
+
+
+def lora() -> LoraConfig:
+    return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+
+
+def summed_logprob(model, prompt, answer) -> float:
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt + answer])).logits[0].float(), -1)
+    return sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer))
+
+
+def test_pair_margins_are_the_dpo_reward_margin_against_the_adapter_free_reference(tiny_chat_model, smol_tokenizer,
+                                                                                    tmp_path):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path), ROWS, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    torch.manual_seed(1)
+    for name, parameter in trainer.model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0, 0.05)
+    prompts, chosen, rejected, suffixes = [[5, 6, 7], [8, 9]], [[10, 11], [12]], [[13], [14, 15, 16]], [[2], [2]]
+    margins = pair_margins(trainer, prompts, chosen, rejected, suffixes)
+    policy = trainer.model.eval()
+    for prompt, c, r, s, margin in zip(prompts, chosen, rejected, suffixes, margins, strict=True):
+        on = summed_logprob(policy, prompt, c + s) - summed_logprob(policy, prompt, r + s)
+        with policy.disable_adapter():
+            off = summed_logprob(policy, prompt, c + s) - summed_logprob(policy, prompt, r + s)
+        assert margin == pytest.approx(0.5 * (on - off), abs=1e-4) and abs(margin) > 1e-3
+
+
+@pytest.mark.parametrize("band, out", [({"band_max_margin": -0.5}, 1.0),
+                                       ({"band_min_margin": -0.5, "band_max_margin": 0.5}, 0.0),
+                                       ({"band_min_margin": 0.5}, 1.0)])
+def test_candidates_outside_the_band_are_resampled_then_filled(band, out, tiny_chat_model, smol_tokenizer, tmp_path):
+    # At step 0 the adapter is zero, so every pair's margin is exactly 0: inside [-0.5, 0.5], outside the others.
+    trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path, **band), ROWS,
+                                     processing_class=smol_tokenizer, peft_config=lora())
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["band/filtered_fraction"] == out and log["band/margin_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert log["negatives/fallback_fraction"] == out  # nothing in the band after every try: filled, counted
+    expected_calls = trainer.args.negatives_max_tries if out else 1
+    assert trainer.negative_filter.counts["generated"] == 4 * expected_calls
+
+
+def test_band_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="band_min_margin=1.0 must be below band_max_margin=0.5"):
+        config(tmp_path, band_min_margin=1.0, band_max_margin=0.5)
+    with pytest.raises(ConfigError, match="need negatives_mode=online"):
+        config(tmp_path, band_max_margin=1.0, negatives_mode="offline")
+    assert in_band(0.3, None, 0.5) and not in_band(0.6, None, 0.5) and not in_band(-1.0, -0.5, None)
