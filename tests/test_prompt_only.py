@@ -145,3 +145,32 @@ def test_losses_for_weak_vs_weaker_pairs_train_from_the_config(tiny_chat_model, 
         assert torch.isfinite(torch.tensor(second_loss[name])) and moved(trainer), name
     # The same prompts and seeds under four objectives: four different losses after one update.
     assert len({round(v, 6) for v in second_loss.values()}) == 4, second_loss
+
+
+def test_checkpoint_answers_come_from_the_unquantized_checkpoint_not_the_policy(tiny_chat_model, tiny_base_dir,
+                                                                                smol_tokenizer, tmp_path):
+    from hf_negteacher.models import load_causal_lm
+
+    checkpoint = load_causal_lm(str(tiny_base_dir)).eval()
+    policy = copy.deepcopy(tiny_chat_model)
+    torch.manual_seed(3)
+    with torch.no_grad():  # the policy drifts from its checkpoint (as a 4-bit copy does)
+        for parameter in policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    args = config(tmp_path, chosen_source="checkpoint", chosen_checkpoint=str(tiny_base_dir))
+    trainer = NegativeTeacherTrainer(policy, args, PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
+    examples = [dict(e) for e in trainer.train_dataset]
+    requests = []
+    answers = trainer.chosen_source.answers
+    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    pairs = trainer._with_negatives(examples)
+    request = requests[0]
+    greedy = request.settings.__class__(**{**vars(request.settings), "temperature": 0.0})
+    stops = stop_token_ids(smol_tokenizer, checkpoint)
+    expected = generate_negative_ids(checkpoint, request.prompts, greedy, seed=0,
+                                     pad_token_id=smol_tokenizer.pad_token_id, stop_token_ids=stops)
+    drifted = generate_negative_ids(trainer.accelerator.unwrap_model(trainer.model).eval(), request.prompts, greedy,
+                                    seed=0, pad_token_id=smol_tokenizer.pad_token_id, stop_token_ids=stops)
+    suffix = examples[0]["rejected_ids"]
+    assert [p["chosen_ids"] for p in pairs] == [answer + suffix for (answer,) in expected]
+    assert expected != drifted  # the test can tell the two apart

@@ -2,9 +2,10 @@
 
 A chosen source gives one answer per example, as token ids without the end-of-answer tokens; the
 trainer pairs it with the example's negatives (which are filtered against it). Shipped: `reference`, the
-dataset's own answer (the default), and `policy`, the policy's own answer, which needs no reference: rows
-may then be prompts alone. Pass your own object as `NegativeTeacherTrainer(..., chosen_source=...)`; one
-whose `reads_reference` is False lets prompt-only rows through.
+dataset's own answer (the default); `policy`, the policy's own answer; and `checkpoint`, the answer of the
+model loaded from the unquantized checkpoint. The last two need no reference: rows may then be prompts
+alone. Pass your own object as `NegativeTeacherTrainer(..., chosen_source=...)`; one whose
+`reads_reference` is False lets prompt-only rows through.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
+
+import torch
 
 from ..logprobs import completion_logprobs
 from ..models import eval_mode
@@ -54,10 +57,14 @@ class PolicySource:
     name = "policy"
     reads_reference = False
 
+    def answer_model(self, trainer):
+        """The model that writes the chosen answers."""
+        return trainer.accelerator.unwrap_model(trainer.model)
+
     def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
         samples = trainer.args.chosen_num_samples
         settings = request.settings if samples > 1 else dataclasses.replace(request.settings, temperature=0.0)
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = self.answer_model(trainer)
         candidates = sample(trainer, model, dataclasses.replace(request, n=samples, settings=settings))
         if samples == 1:
             scores = [[0.0] for _ in candidates]
@@ -74,6 +81,31 @@ class PolicySource:
         return [ids for ids, _ in picked]
 
 
+class CheckpointSource(PolicySource):
+    """The answer of the model loaded from the unquantized checkpoint (QDPO's direction, arXiv 2407.03051, when
+    the policy is 4-bit): `chosen_checkpoint` (default: the policy's own source folder), loaded once without
+    quantization or adapter, in the training precision, and chosen as `policy` chooses (greedy, or best of
+    `chosen_num_samples` by its own log-probability). It is a second full copy of the model in memory."""
+
+    name = "checkpoint"
+
+    def __init__(self) -> None:
+        self._model = None
+
+    def answer_model(self, trainer):
+        if self._model is None:
+            from ..models import load_causal_lm
+
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+            source = trainer.args.chosen_checkpoint or base.name_or_path
+            if not source:
+                raise SourceError("chosen_source='checkpoint': the policy names no checkpoint; set chosen_checkpoint")
+            dtype = torch.bfloat16 if trainer.args.bf16 else torch.float16 if trainer.args.fp16 else torch.float32
+            self._model = load_causal_lm(source, dtype=dtype).to(trainer.accelerator.device).requires_grad_(False)
+        return self._model
+
+
 def pick_answer(candidates: Sequence[list[int]], scores: Sequence[float], max_new_tokens: int
                 ) -> tuple[list[int], bool]:
     """The best-scoring complete candidate (not empty, ended before `max_new_tokens`), else the best-scoring
@@ -83,7 +115,8 @@ def pick_answer(candidates: Sequence[list[int]], scores: Sequence[float], max_ne
     return list(candidates[best]), complete[best]
 
 
-CHOSEN_SOURCES: dict[str, type] = {source.name: source for source in (ReferenceSource, PolicySource)}
+CHOSEN_SOURCES: dict[str, type] = {source.name: source
+                                   for source in (ReferenceSource, PolicySource, CheckpointSource)}
 """The shipped chosen sources by name (the config's `chosen_source`)."""
 
 

@@ -77,8 +77,11 @@ class NegativeTeacherConfig(DPOConfig):
                 "policy's own samples, adapter on), in_batch (other rows' references in the batch) or dataset (the "
                 "rows' own `rejected` answers)."})
     chosen_source: str = field(default="reference", metadata={
-        "help": "Online: where the chosen answers come from: reference (the dataset's answer) or policy (the "
-                "policy's own answer, adapter on; rows may then be prompts alone, with no reference)."})
+        "help": "Online: where the chosen answers come from: reference (the dataset's answer), policy (the policy's "
+                "own answer, adapter on) or checkpoint (the answer of the model loaded from the unquantized "
+                "checkpoint, chosen_checkpoint); with the last two, rows may be prompts alone."})
+    chosen_checkpoint: str | None = field(default=None, metadata={
+        "help": "chosen_source=checkpoint: the model to load, unquantized (default: the policy's own source)."})
     chosen_num_samples: int = field(default=1, metadata={
         "help": "chosen_source=policy: 1, the greedy answer; n > 1, the best of n samples (negatives_temperature, "
                 "top_p, top_k) by the policy's length-normalized log-probability, complete answers first."})
