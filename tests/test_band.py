@@ -70,3 +70,42 @@ def test_band_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="need negatives_mode=online"):
         config(tmp_path, band_max_margin=1.0, negatives_mode="offline")
     assert in_band(0.3, None, 0.5) and not in_band(0.6, None, 0.5) and not in_band(-1.0, -0.5, None)
+
+
+def test_strength_feedback_moves_the_teacher_toward_the_policy_while_pairs_are_too_easy(tiny_chat_model,
+                                                                                      smol_tokenizer, tmp_path):
+    from hf_negteacher import build_negative_teacher
+    from hf_negteacher.teacher.follow import packed_state
+    from hf_negteacher.teacher.spec import TeacherConfig
+
+    args = config(tmp_path, teacher="int3,group_size=32", teacher_strength_target=0.5, teacher_strength_step=0.25,
+                  teacher_strength_min=0.5)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    seen = []
+    for accuracy in (0.9, 0.9, 0.9, 0.2, 0.2):  # too easy x3 (down to the floor), then too hard x2 (up to 1)
+        trainer._last_reward_accuracy = accuracy
+        trainer.state.global_step += 1
+        trainer.adjust_strength()
+        seen.append(trainer._teacher_spec.strength)
+        expected = build_negative_teacher(trainer.model, config=TeacherConfig.from_spec(
+            f"int3,group_size=32,strength={seen[-1]}"))
+        got, want = packed_state(trainer.teacher), packed_state(expected)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert seen == [0.75, 0.5, 0.5, 0.75, 1.0]
+
+
+def test_strength_feedback_follows_the_logged_reward_accuracy_during_training(tiny_chat_model, smol_tokenizer,
+                                                                            tmp_path):
+    args = config(tmp_path, max_steps=4, teacher_strength_target=0.5, teacher_adjust_every=1, learning_rate=1e-2)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS * 4, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    strength = 1.0
+    for previous, current in zip(logs[:-1], logs[1:], strict=True):  # step k+1 logs the strength set after step k
+        target = strength - 0.1 if previous["rewards/accuracies"] > 0.5 else strength + 0.1
+        strength = round(min(max(target, 0.1), 1.0), 6)
+        assert current["teacher/strength"] == pytest.approx(strength)
+    assert [e["teacher/strength"] for e in logs[1:]] == pytest.approx([1.0, 0.9, 0.8])  # easy pairs: weaker copy
+    with pytest.raises(ConfigError, match="teacher_strength_target needs negatives_mode=online"):
+        config(tmp_path, teacher_strength_target=0.5, teacher_follow_every=2)

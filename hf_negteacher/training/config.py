@@ -72,6 +72,14 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "Rebuild the teacher from the current policy every N optimizer steps: the checkpoint's weights plus "
                 "the LoRA delta, quantized with the same setting (the opponent follows the model, as in SPIN). 0: "
                 "a fixed crippled copy of the starting weights. Its packed state is saved in every checkpoint."})
+    teacher_strength_target: float | None = field(default=None, metadata={
+        "help": "Move the teacher's strength by feedback every teacher_adjust_every steps: while the batch's reward "
+                "accuracy is above this target the pairs are too easy, so the teacher moves toward the policy "
+                "(strength - teacher_strength_step, down to teacher_strength_min); below it, back toward its setting "
+                "(at most the setting's strength). Logged as teacher/strength. None: a fixed strength."})
+    teacher_strength_step: float = field(default=0.1, metadata={"help": "Strength change per adjustment."})
+    teacher_strength_min: float = field(default=0.1, metadata={"help": "The lowest strength feedback may reach."})
+    teacher_adjust_every: int = field(default=5, metadata={"help": "Optimizer steps between strength adjustments."})
     negative_source: str = field(default="teacher", metadata={
         "help": "Online: where the rejected answers come from: teacher (samples of the low-bit copy), self (the "
                 "policy's own samples, adapter on), in_batch (other rows' references in the batch) or dataset (the "
@@ -163,6 +171,18 @@ class NegativeTeacherConfig(DPOConfig):
         if (low is not None or high is not None) and self.negatives_mode == "offline":
             raise ConfigError("band_min_margin / band_max_margin need negatives_mode=online: the margin is the "
                               "current policy's")
+        if self.teacher_strength_target is not None:
+            if not 0.0 <= self.teacher_strength_target <= 1.0:
+                raise ConfigError(f"teacher_strength_target={self.teacher_strength_target}: expected a reward accuracy "
+                                  "in [0, 1]")
+            if not 0.0 < self.teacher_strength_min <= self.teacher_config().strength:
+                raise ConfigError(f"teacher_strength_min={self.teacher_strength_min} must be in (0, the setting's "
+                                  f"strength {self.teacher_config().strength}]")
+            if self.teacher_strength_step <= 0 or self.teacher_adjust_every < 1:
+                raise ConfigError("teacher_strength_step must be > 0 and teacher_adjust_every >= 1")
+            if self.teacher_follow_every or self.negatives_mode == "offline":
+                raise ConfigError("teacher_strength_target needs negatives_mode=online and no teacher_follow_every "
+                                  "(a strength below 1 runs the starting weights' layers)")
         if self.teacher_follow_every < 0:
             raise ConfigError(f"teacher_follow_every={self.teacher_follow_every}: expected 0 (off) or a step count")
         if self.teacher_follow_every and self.negatives_mode == "offline":

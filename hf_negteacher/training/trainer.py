@@ -103,6 +103,9 @@ class NegativeTeacherTrainer(DPOTrainer):
                               "use DDP or one process")
         self._teacher_weights = teacher_weights
         self._teacher_built_at = 0
+        self._teacher_spec = args.teacher_config()
+        self._last_reward_accuracy: float | None = None
+        self._strength_adjusted_at = 0
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
@@ -213,6 +216,10 @@ class NegativeTeacherTrainer(DPOTrainer):
         every, step = self.args.teacher_follow_every, self.state.global_step
         if every and step and step % every == 0 and step != self._teacher_built_at:
             self.follow_policy()
+        every = self.args.teacher_adjust_every
+        if (self.args.teacher_strength_target is not None and step and step % every == 0
+                and step != self._strength_adjusted_at):
+            self.adjust_strength()
         self._generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -231,6 +238,22 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.teacher = build_negative_teacher(policy, config=config, weights=weights).to(self.accelerator.device)
         self._teacher_built_at = self.state.global_step
         self._metrics["train"]["teacher/rebuilt_at_step"].append(float(self.state.global_step))
+
+    def adjust_strength(self) -> None:
+        """One feedback step on the teacher's strength from the last batch's reward accuracy (see
+        `teacher_strength_target`); the teacher is rebuilt when the strength changes."""
+        args, spec = self.args, self._teacher_spec
+        self._strength_adjusted_at = self.state.global_step
+        if self._last_reward_accuracy is not None:
+            too_easy = self._last_reward_accuracy > args.teacher_strength_target
+            target = spec.strength + (-1 if too_easy else 1) * args.teacher_strength_step
+            strength = round(min(max(target, args.teacher_strength_min), args.teacher_config().strength), 6)
+            if strength != spec.strength:
+                self._teacher_spec = dataclasses.replace(spec, strength=strength)
+                self.teacher = build_negative_teacher(self.accelerator.unwrap_model(self.model),
+                                                      config=self._teacher_spec, weights=self._teacher_weights
+                                                      ).to(self.accelerator.device)
+        self._metrics["train"]["teacher/strength"].append(self._teacher_spec.strength)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -263,6 +286,9 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        accuracies = self._metrics["train" if self.model.training else "eval"].get("rewards/accuracies")
+        if self.model.training and accuracies:
+            self._last_reward_accuracy = accuracies[-1]  # the feedback of `teacher_strength_target`
         if not self.loss_terms:
             return result
         metrics = self._metrics["train" if self.model.training else "eval"]
