@@ -1,10 +1,15 @@
 """Does it help? Held-out quality of plain SFT (`trl.SFTTrainer`) and of the negative teacher, on two tasks
 and two model families, with paired bootstrap intervals and their half-widths.
 
-    python benchmarks/bench_quality.py                  # default: both models, both tasks, SFT + teacher
+    python benchmarks/bench_quality.py                  # default: SmolLM2, both tasks, SFT + teacher (~75 min, 2 cores)
+    python benchmarks/bench_quality.py --models gemma3  # the second family (about twice as long)
     python benchmarks/bench_quality.py --models smollm2 --tasks reverse --methods sft teacher self_play
-    python benchmarks/bench_quality.py --full           # every method, 3 seeds
+    python benchmarks/bench_quality.py --full           # both models, every method, 3 seeds
 
+Methods (`--methods`): `sft` and `teacher` (the default), and `int4`, `self_play`, `in_batch`, `token`,
+`follow` (the teacher rebuilt from the policy), `band` (pairs in the informative band), `strength` (strength by
+feedback), and the prompt-only modes `po_distill`, `po_self`, `po_teacher`, `po_delta`, `po_checkpoint`, which
+drop the training rows' references and choose the policy's (or the unquantized checkpoint's) best of 4.
 Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the product's setting; `--fp32`: LoRA
 on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
 `--seeds` says more. SFT is `trl.SFTTrainer` on prompt/completion rows (loss on the answer only); the
@@ -37,7 +42,7 @@ from peft import LoraConfig, PeftModel
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
-from hf_negteacher.data.rows import load_rows, validate_rows
+from hf_negteacher.data.rows import load_rows, validate_rows, without_reference
 from hf_negteacher.evaluation.generation_quality import QualitySettings
 from hf_negteacher.evaluation.multiple_choice import choice_items
 from hf_negteacher.evaluation.perplexity import EvalData
@@ -74,7 +79,27 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "int4": "negteacher, int4 teacher (weaker)",
            "self_play": "self-play (the policy's own samples, online)",
            "in_batch": "in-batch (other rows' references)",
-           "token": "token-level (sft + teacher_unlikelihood, no generation)"}
+           "token": "token-level (sft + teacher_unlikelihood, no generation)",
+           "follow": "negteacher, the teacher following the policy (rebuilt every 4 steps)",
+           "band": "negteacher, pairs in the band (margin <= 1)",
+           "strength": "negteacher, strength by feedback (reward accuracy target 0.8)",
+           "po_distill": "prompts alone: SFT on the policy's best-of-4 answers (self-distillation)",
+           "po_self": "prompts alone: policy's best-of-4 vs its own sample",
+           "po_teacher": "prompts alone: policy's best-of-4 vs the teacher (sigmoid + sft)",
+           "po_delta": "prompts alone: policy's best-of-4 vs the teacher (sigmoid_norm, beta 5)",
+           "po_checkpoint": "prompts alone: the unquantized checkpoint's best-of-4 vs the teacher"}
+"""Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
+PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
+METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
+                 "in_batch": {"negative_source": "in_batch"}, "token": {"loss_type": ["sft", "teacher_unlikelihood"]},
+                 "follow": {"teacher_follow_every": 4}, "band": {"band_max_margin": 1.0},
+                 "strength": {"teacher_strength_target": 0.8},
+                 "po_distill": {**PROMPT_ONLY, "loss_type": ["sft"]},
+                 "po_self": {**PROMPT_ONLY, "negative_source": "self"}, "po_teacher": PROMPT_ONLY,
+                 "po_delta": {**PROMPT_ONLY, "loss_type": ["sigmoid_norm"], "beta": 5.0},
+                 "po_checkpoint": {**PROMPT_ONLY, "chosen_source": "checkpoint"}}
+"""NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
+trains on the rows' prompts alone (their references dropped)."""
 UNTRAINED = "untrained"
 CHOICE_ROWS = "bundled:reverse-eval"
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
@@ -122,14 +147,9 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
                   negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=teacher)
-    if method == "int4":
-        fields["teacher"] = "int4"
-    elif method == "self_play":
-        fields["negative_source"] = "self"
-    elif method == "in_batch":
-        fields["negative_source"] = "in_batch"
-    elif method == "token":
-        fields["loss_type"] = ["sft", "teacher_unlikelihood"]
+    fields |= METHOD_FIELDS.get(method, {})
+    if fields.get("chosen_source", "reference") != "reference":
+        rows = [without_reference(row) for row in rows]
     return NegativeTeacherTrainer(policy, NegativeTeacherConfig(**fields), rows, processing_class=tokenizer,
                                   peft_config=lora(), teacher_weights=weights)
 
@@ -260,8 +280,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="every method, seeds 0 1 2")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--full", action="store_true", help="both models, every method, seeds 0 1 2")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="default: smollm2 (--full: both)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: sft teacher")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 (--full: 0 1 2)")
@@ -273,6 +293,7 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="LoRA on the dequantized GGUF instead of NF4 QLoRA")
     parser.add_argument("--output", default="runs/bench_quality")
     args = parser.parse_args()
+    args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
     args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
