@@ -221,8 +221,8 @@ def report(results: dict[str, list[dict]], task: Task, title: str) -> str:
     return "\n".join(lines)
 
 
-def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str]]:
-    """One model on one task: its table, and the commits its runs were scored at."""
+def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str], float]:
+    """One model on one task: its table, the commits its runs were scored at, and their recorded seconds."""
     source, teacher_spec = recipe(model_key)
     task = TASKS[task_key]
     nf4 = not args.fp32
@@ -275,7 +275,9 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
              f"{len(data.pairs)} held-out rows (perplexity), {len(data.choices)} multiple-choice items (5 words), "
              f"{min(quality.generation_rows, len(data.pairs))} greedy answers of at most {task.max_new_tokens} "
              f"tokens{preference}; scored with the {'NF4 weights dequantized once' if nf4 else 'fp32 weights'}")
-    return report(results, task, title), {r.get("commit", "?") for runs in results.values() for r in runs}
+    runs = [r for runs in results.values() for r in runs]
+    seconds = sum(r.get("train_seconds", 0) + r["score_seconds"] for r in runs)
+    return report(results, task, title), {r.get("commit", "?") for r in runs}, seconds
 
 
 def main() -> None:
@@ -299,20 +301,22 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     output = Path(args.output)
-    sections, commits = [], set()
+    sections, commits, compute = [], set(), 0.0
     for model_key in args.models:
         for task_key in args.tasks:
-            table, scored_at = benchmark(model_key, task_key, args, output)
+            table, scored_at, seconds = benchmark(model_key, task_key, args, output)
             sections.append(table)
             commits |= scored_at
+            compute += seconds
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     versions = ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "trl", "peft", "bitsandbytes"))
     command = " ".join(["python benchmarks/bench_quality.py", *sys.argv[1:]])
     seeds = " ".join(map(str, args.seeds))
     lead = (f"`{command}`: {time.strftime('%Y-%m-%d')}, {platform.machine()} {device}, {versions}; commit "
-            f"{git_commit()} (runs scored at {', '.join(sorted(commits))}); {time.perf_counter() - start:.0f} s in "
-            f"this invocation (finished runs are reused). Seeds: {seeds}; with one seed the intervals cover the "
-            "held-out rows only, not training-seed variance.")
+            f"{git_commit()} (runs scored at {', '.join(sorted(commits))}); the runs in these tables took "
+            f"{compute / 60:.0f} min to train and score (recorded per run; model loading not counted), this "
+            f"invocation {time.perf_counter() - start:.0f} s (finished runs are reused). Seeds: {seeds}; with one "
+            "seed the intervals cover the held-out rows only, not training-seed variance.")
     text = "\n\n".join([lead, *sections])
     atomic_write_text(output / "quality.md", text + "\n")
     print(text)
