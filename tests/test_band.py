@@ -1,6 +1,7 @@
 """Pairs in the informative band: candidate pairs scored by their implicit reward margin before training."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -109,3 +110,14 @@ def test_strength_feedback_follows_the_logged_reward_accuracy_during_training(ti
     assert [e["teacher/strength"] for e in logs[1:]] == pytest.approx([1.0, 0.9, 0.8])  # easy pairs: weaker copy
     with pytest.raises(ConfigError, match="teacher_strength_target needs negatives_mode=online"):
         config(tmp_path, teacher_strength_target=0.5, teacher_follow_every=2)
+
+
+def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_parameters(tiny_chat_model,
+                                                                                      smol_tokenizer, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    for overrides, name in (({"band_max_margin": 1.0}, "band_min_margin / band_max_margin"),
+                            ({"chosen_source": "policy"}, "chosen_source='policy'")):
+        with pytest.raises(ConfigError, match=f"{re.escape(name)} under FSDP / ZeRO-3"):
+            NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, teacher="int3", **overrides), ROWS,
+                                   processing_class=smol_tokenizer, peft_config=lora())

@@ -98,9 +98,14 @@ class NegativeTeacherTrainer(DPOTrainer):
             logger.warning("the base model has no known Hub id (%s): adapter_config.json will name a local folder; "
                            "pass base_model_id (--base_model_id) so others can load the adapter",
                            self.base_model.weights)
-        if args.teacher_follow_every and _shards_parameters(args):
-            raise ConfigError("teacher_follow_every under FSDP / ZeRO-3: the LoRA delta is sharded across processes; "
-                              "use DDP or one process")
+        if _shards_parameters(args):
+            band = args.band_min_margin is not None or args.band_max_margin is not None
+            outside_step = [name for name, used in (
+                ("teacher_follow_every", bool(args.teacher_follow_every)), ("band_min_margin / band_max_margin", band),
+                (f"chosen_source={self.chosen_source.name!r}", not reads_reference(self.chosen_source))) if used]
+            if outside_step:  # the policy would run outside the training step, where sharded processes can diverge
+                raise ConfigError(f"{', '.join(outside_step)} under FSDP / ZeRO-3: the policy's sharded tensors are "
+                                  "used outside the training step; use DDP or one process")
         self._teacher_weights = teacher_weights
         self._teacher_built_at = 0
         self._teacher_spec = args.teacher_config()
