@@ -1,6 +1,7 @@
 """Prompt-only rows and the `policy` chosen source: the policy's own answer is chosen, no reference needed."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -174,3 +175,74 @@ def test_checkpoint_answers_come_from_the_unquantized_checkpoint_not_the_policy(
     suffix = examples[0]["rejected_ids"]
     assert [p["chosen_ids"] for p in pairs] == [answer + suffix for (answer,) in expected]
     assert expected != drifted  # the test can tell the two apart
+
+
+def greedy_answers(model, tokenizer, rows, settings) -> tuple[list[str], list[list[int]]]:
+    """`model`'s greedy answers to `rows`' prompts, generated apart from the library's chosen sources."""
+    prompts = [tokenizer(p.prompt, add_special_tokens=False).input_ids
+               for p in validate_rows(rows, tokenizer, require_answer=False)]
+    ids = [a for (a,) in generate_negative_ids(model, prompts, settings, seed=0, pad_token_id=tokenizer.pad_token_id,
+                                               stop_token_ids=stop_token_ids(tokenizer, model))]
+    return [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids], ids
+
+
+def test_offline_pairs_choose_the_checkpoints_answer_and_say_so(tiny_chat_model, tiny_base_dir, smol_tokenizer,
+                                                                tmp_path):
+    from hf_negteacher.models import load_causal_lm
+
+    checkpoint = load_causal_lm(str(tiny_base_dir)).eval()
+    policy = copy.deepcopy(tiny_chat_model)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    drifted = copy.deepcopy(policy).eval()
+    args = config(tmp_path, negatives_mode="offline", chosen_source="checkpoint", chosen_checkpoint=str(tiny_base_dir))
+    trainer = NegativeTeacherTrainer(policy, args, PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
+    rows = load_rows(str(tmp_path / "negatives.jsonl"))
+    greedy = dataclasses.replace(args.generation_settings(), temperature=0.0)
+    expected, expected_ids = greedy_answers(checkpoint, smol_tokenizer, PROMPTS[:4], greedy)
+    assert expected != greedy_answers(drifted, smol_tokenizer, PROMPTS[:4], greedy)[0]  # checkpoint, not policy
+    by_row = {r["negteacher"]["row"]: r for r in rows}
+    for index, row in by_row.items():
+        assert row["chosen"] == [{"role": "assistant", "content": expected[index]}]
+        assert row["rejected"][0]["content"] != expected[index]  # negatives are filtered against the chosen side
+        complete = 0 < len(expected_ids[index]) < 6
+        assert row["negteacher"]["chosen"] == {"source": "checkpoint", "num_samples": 1, "complete": complete}
+    cut_off = sum(not 0 < len(a) < 6 for a in expected_ids)
+    assert trainer.negatives_meta["chosen"] == {"source": "checkpoint", "num_samples": 1, "cut_off": cut_off}
+    trainer.train()
+    assert moved(trainer) and trainer.generation_calls == 0
+
+
+def test_offline_files_are_not_reused_across_chosen_sources(tiny_chat_model, smol_tokenizer, tmp_path):
+    rows = load_rows("bundled:train")[:4]
+    reference = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path, negatives_mode="offline",
+                                                                              chosen_source="reference"),
+                                       rows, processing_class=smol_tokenizer, peft_config=lora())
+    assert all(r["negteacher"]["chosen"] == {"source": "reference"} for r in reference.train_dataset)
+    policy = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, negatives_mode="offline"), rows,
+                                    processing_class=smol_tokenizer, peft_config=lora())
+    assert all(r["negteacher"]["chosen"]["source"] == "policy" for r in policy.train_dataset)
+    references = [r["messages"][-1]["content"] for r in rows]
+    assert all(r["chosen"][0]["content"] != references[r["negteacher"]["row"]] for r in policy.train_dataset)
+
+
+def test_generate_command_writes_the_policys_answers_for_prompts_alone(tiny_base_dir, smol_tokenizer, tmp_path,
+                                                                       capsys):
+    from hf_negteacher.cli import main
+    from hf_negteacher.data.rows import without_reference
+    from hf_negteacher.generation import GenerationSettings
+    from hf_negteacher.models import load_causal_lm
+
+    main(["generate", "--model_name_or_path", str(tiny_base_dir), "--load_in_4bit", "false", "--teacher",
+          "int3,group_size=32", "--num_train_rows", "3", "--eval_dataset", "", "--drop_references", "true",
+          "--chosen_source", "policy", "--negatives_max_new_tokens", "4", "--output_dir", str(tmp_path),
+          "--use_cpu", "true"])
+    rows = load_rows(str(tmp_path / "negatives.jsonl"))
+    prompts = [without_reference(row) for row in load_rows("bundled:train")[:3]]
+    expected, _ = greedy_answers(load_causal_lm(str(tiny_base_dir)).eval(), smol_tokenizer, prompts,
+                                 GenerationSettings(max_new_tokens=4, temperature=0.0))
+    assert rows and all(r["chosen"][0]["content"] == expected[r["negteacher"]["row"]] for r in rows)
+    assert all(r["negteacher"]["chosen"]["source"] == "policy" for r in rows)
+    assert "chosen: policy; " in capsys.readouterr().out

@@ -118,10 +118,12 @@ def train_command(argv: list[str]) -> None:
 def generate_command(argv: list[str]) -> None:
     from ..models import checkpoint_weights
     from ..teacher.build import build_negative_teacher
-    from ..training.offline import generate_preference_dataset
+    from ..training.chosen_sources import chosen_source
+    from ..training.offline import generate_preference_dataset, offline_chosen
 
     model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
-    teacher = build_negative_teacher(_load_policy(model_args, args.use_cpu), config=args.teacher_config(),
+    policy = _load_policy(model_args, args.use_cpu)
+    teacher = build_negative_teacher(policy, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
     meta = generate_preference_dataset(
@@ -129,8 +131,12 @@ def generate_command(argv: list[str]) -> None:
         teacher_spec=args.teacher, num_negatives=args.num_negatives,
         negative_filter=args.negative_filter(),
         keep_dataset_rejected=args.keep_dataset_rejected,
+        chosen=offline_chosen(chosen_source(args.chosen_source), policy, args),
     )
-    print(f"{path}: {meta['rows_written']} pairs from {meta['source_rows']} rows; filtered {meta['counts']}")
+    chosen = meta["chosen"]
+    written_by = "" if chosen["source"] == "reference" else f"; {chosen['cut_off']} chosen answers cut off"
+    print(f"{path}: {meta['rows_written']} pairs from {meta['source_rows']} rows, chosen: {chosen['source']}"
+          f"{written_by}; filtered {meta['counts']}")
 
 
 def calibrate_command(argv: list[str]) -> None:

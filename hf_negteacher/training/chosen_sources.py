@@ -17,9 +17,10 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from ..generation import GenerationSettings, generate_negative_ids, stop_token_ids
 from ..logprobs import completion_logprobs
 from ..models import eval_mode
-from .negative_sources import SourceError, SourceRequest, sample
+from .negative_sources import SourceError, SourceRequest
 
 
 @runtime_checkable
@@ -49,34 +50,22 @@ class ReferenceSource:
 
 
 class PolicySource:
-    """The policy's own answer, adapter on, as it is at this step: its greedy answer, or with
-    `chosen_num_samples` > 1 the best of that many samples by its own length-normalized log-probability.
-    Complete answers (ended before `negatives_max_new_tokens`, not empty) come first; a prompt with none
-    gets its best cut-off one, counted in `chosen/cut_off_fraction`."""
+    """The policy's own answer, adapter on, as it is at this step (offline: as it is before training): its
+    greedy answer, or with `chosen_num_samples` > 1 the best of that many samples by its own length-normalized
+    log-probability (`model_answers`). Prompts whose answers are all cut off are counted in
+    `chosen/cut_off_fraction`."""
 
     name = "policy"
     reads_reference = False
 
-    def answer_model(self, trainer):
-        """The model that writes the chosen answers."""
-        return trainer.accelerator.unwrap_model(trainer.model)
+    def answer_model(self, policy, args):
+        """The model that writes the chosen answers, given the (unwrapped) policy and the config."""
+        return policy
 
     def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
-        samples = trainer.args.chosen_num_samples
-        settings = request.settings if samples > 1 else dataclasses.replace(request.settings, temperature=0.0)
-        model = self.answer_model(trainer)
-        candidates = sample(trainer, model, dataclasses.replace(request, n=samples, settings=settings))
-        if samples == 1:
-            scores = [[0.0] for _ in candidates]
-        else:
-            with eval_mode(model):
-                flat = completion_logprobs(model, [p for p, c in zip(request.prompts, candidates, strict=True)
-                                                   for _ in c], [a for c in candidates for a in c],
-                                           pad_token_id=trainer.processing_class.pad_token_id,
-                                           batch_size=settings.batch_size)
-            scores = [[total / count if count else -math.inf for total, count in flat[i * samples:(i + 1) * samples]]
-                      for i in range(len(candidates))]
-        picked = [pick_answer(c, s, settings.max_new_tokens) for c, s in zip(candidates, scores, strict=True)]
+        model = self.answer_model(trainer.accelerator.unwrap_model(trainer.model), trainer.args)
+        picked = model_answers(model, trainer.processing_class, request.prompts, request.settings,
+                               seed=request.seed, num_samples=trainer.args.chosen_num_samples)
         trainer.count_chosen([ids for ids, _ in picked], [complete for _, complete in picked])
         return [ids for ids, _ in picked]
 
@@ -84,26 +73,49 @@ class PolicySource:
 class CheckpointSource(PolicySource):
     """The answer of the model loaded from the unquantized checkpoint (QDPO's direction, arXiv 2407.03051, when
     the policy is 4-bit): `chosen_checkpoint` (default: the policy's own source folder), loaded once without
-    quantization or adapter, in the training precision, and chosen as `policy` chooses (greedy, or best of
-    `chosen_num_samples` by its own log-probability). It is a second full copy of the model in memory."""
+    quantization or adapter, in the training precision, onto the policy's device, and chosen as `policy`
+    chooses. It is a second full copy of the model in memory."""
 
     name = "checkpoint"
 
     def __init__(self) -> None:
         self._model = None
 
-    def answer_model(self, trainer):
+    def answer_model(self, policy, args):
         if self._model is None:
             from ..models import load_causal_lm
 
-            policy = trainer.accelerator.unwrap_model(trainer.model)
             base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-            source = trainer.args.chosen_checkpoint or base.name_or_path
+            source = args.chosen_checkpoint or base.name_or_path
             if not source:
                 raise SourceError("chosen_source='checkpoint': the policy names no checkpoint; set chosen_checkpoint")
-            dtype = torch.bfloat16 if trainer.args.bf16 else torch.float16 if trainer.args.fp16 else torch.float32
-            self._model = load_causal_lm(source, dtype=dtype).to(trainer.accelerator.device).requires_grad_(False)
+            dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+            device = next(policy.parameters()).device
+            self._model = load_causal_lm(source, dtype=dtype).to(device).requires_grad_(False)
         return self._model
+
+
+@torch.no_grad()
+def model_answers(model, tokenizer, prompt_ids: Sequence[list[int]], settings: GenerationSettings, *, seed: int,
+                  num_samples: int = 1) -> list[tuple[list[int], bool]]:
+    """Per prompt (token ids), `model`'s answer as token ids without the end-of-answer tokens, and whether it is
+    complete (`pick_answer`): the greedy answer, or with `num_samples` > 1 the best of that many samples
+    (`settings`' temperature) by the model's own length-normalized log-probability."""
+    if num_samples == 1:
+        settings = dataclasses.replace(settings, temperature=0.0)
+    with eval_mode(model):
+        candidates = generate_negative_ids(model, prompt_ids, settings, seed=seed, pad_token_id=tokenizer.pad_token_id,
+                                           stop_token_ids=stop_token_ids(tokenizer, model),
+                                           num_return_sequences=num_samples, synced_gpus=False)
+        if num_samples == 1:
+            scores = [[0.0] for _ in candidates]
+        else:
+            flat = completion_logprobs(model, [p for p, c in zip(prompt_ids, candidates, strict=True) for _ in c],
+                                       [a for c in candidates for a in c], pad_token_id=tokenizer.pad_token_id,
+                                       batch_size=settings.batch_size)
+            per_answer = [total / count if count else -math.inf for total, count in flat]
+            scores = [per_answer[i * num_samples:(i + 1) * num_samples] for i in range(len(candidates))]
+    return [pick_answer(c, s, settings.max_new_tokens) for c, s in zip(candidates, scores, strict=True)]
 
 
 def pick_answer(candidates: Sequence[list[int]], scores: Sequence[float], max_new_tokens: int

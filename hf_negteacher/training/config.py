@@ -85,14 +85,15 @@ class NegativeTeacherConfig(DPOConfig):
                 "policy's own samples, adapter on), in_batch (other rows' references in the batch) or dataset (the "
                 "rows' own `rejected` answers)."})
     chosen_source: str = field(default="reference", metadata={
-        "help": "Online: where the chosen answers come from: reference (the dataset's answer), policy (the policy's "
-                "own answer, adapter on) or checkpoint (the answer of the model loaded from the unquantized "
-                "checkpoint, chosen_checkpoint); with the last two, rows may be prompts alone."})
+        "help": "Where the chosen answers come from: reference (the dataset's answer), policy (the policy's own "
+                "answer, adapter on; offline: as it is before training) or checkpoint (the answer of the model loaded "
+                "from the unquantized checkpoint, chosen_checkpoint); with the last two, rows may be prompts alone."})
     chosen_checkpoint: str | None = field(default=None, metadata={
         "help": "chosen_source=checkpoint: the model to load, unquantized (default: the policy's own source)."})
     chosen_num_samples: int = field(default=1, metadata={
-        "help": "chosen_source=policy: 1, the greedy answer; n > 1, the best of n samples (negatives_temperature, "
-                "top_p, top_k) by the policy's length-normalized log-probability, complete answers first."})
+        "help": "chosen_source=policy or checkpoint: 1, the greedy answer; n > 1, the best of n samples "
+                "(negatives_temperature, top_p, top_k) by that model's length-normalized log-probability, complete "
+                "answers first."})
     band_min_margin: float | None = field(default=None, metadata={
         "help": "Online: a candidate pair whose implicit reward margin beta [(log pi - log pi_ref)(chosen) - (same)"
                 "(rejected)] under the current policy is below this is too hard: resampled like a filtered negative "
@@ -137,12 +138,9 @@ class NegativeTeacherConfig(DPOConfig):
             raise ConfigError(f"negative_source={self.negative_source!r}; allowed: {', '.join(SOURCES)}")
         if self.chosen_source not in CHOSEN_SOURCES:
             raise ConfigError(f"chosen_source={self.chosen_source!r}; allowed: {', '.join(CHOSEN_SOURCES)}")
-        if self.negatives_mode == "offline":
-            for name, value, offline in (("negative_source", self.negative_source, "teacher"),
-                                         ("chosen_source", self.chosen_source, "reference")):
-                if value != offline:
-                    raise ConfigError(f"{name}={value!r} is online only; offline pairs are the reference (chosen) "
-                                      "and the teacher's samples (rejected)")
+        if self.negatives_mode == "offline" and self.negative_source != "teacher":
+            raise ConfigError(f"negative_source={self.negative_source!r} is online only; offline pairs reject the "
+                              "teacher's samples")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps={self.max_steps}: give a positive number of optimizer steps, or -1 to train "
                               f"for num_train_epochs={self.num_train_epochs:g} epochs")

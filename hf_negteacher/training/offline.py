@@ -1,4 +1,6 @@
-"""Offline negatives: a preference dataset generated once by the teacher, resumable and seeded.
+"""Offline negatives: a preference dataset generated once by the teacher, resumable and seeded. The chosen side
+is the dataset's reference, or an answer written by a model (`OfflineChosen`: the policy before training, or
+the unquantized checkpoint), which the teacher's negatives are then filtered against.
 
 Rows are appended batch by batch to `<path>.partial`; `<path>.progress.json` records, after each
 batch, how many source rows are done and how many bytes of the partial file are complete, so a
@@ -25,16 +27,43 @@ from ..atomic_write import atomic_write_json, atomic_write_text
 from ..data.rows import PromptAnswer, preference_row
 from ..generation import GenerationSettings, generate_answers
 from ..models import model_identity
+from .chosen_sources import model_answers, reads_reference
 from .filters import NegativeFilter
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class OfflineChosen:
+    """A model that writes the chosen side of an offline dataset, as the chosen source `source` does online."""
+
+    source: str
+    model: object
+    num_samples: int = 1
+    """Greedy when 1, else the best of that many samples by the model's length-normalized log-probability."""
+
+
+def offline_chosen(source, policy, args) -> OfflineChosen | None:
+    """What writes the chosen side offline for the chosen source `source` and the (unwrapped, untrained)
+    `policy`: None for a source that reads the reference; a source must say which model answers."""
+    if reads_reference(source):
+        return None
+    if not hasattr(source, "answer_model"):
+        raise ValueError(f"chosen source {source.name!r} has no `answer_model(policy, args)`: negatives_mode=offline "
+                         "needs the model that writes the chosen answers")
+    return OfflineChosen(source.name, source.answer_model(policy, args), args.chosen_num_samples)
+
+
 def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs: Sequence[PromptAnswer],
                                 path: str | Path, *, settings: GenerationSettings, teacher_spec: str,
                                 num_negatives: int = 1, negative_filter: NegativeFilter | None = None,
-                                keep_dataset_rejected: bool = False, progress: bool = True) -> dict:
+                                keep_dataset_rejected: bool = False, chosen: OfflineChosen | None = None,
+                                progress: bool = True) -> dict:
     """Write `path` (JSONL: prompt, chosen, rejected, `negteacher` metadata) and `path.meta.json`.
+
+    The chosen side is each row's reference, or with `chosen` that model's answer (prompt-only rows are then
+    accepted); its row metadata says which source wrote it and whether it was complete (ended before
+    `settings.max_new_tokens`), and the file's metadata counts the cut-off ones.
 
     `pairs[i]` is `rows[i]` rendered for the model (see `formats.validate_rows`). Returns the
     metadata: settings, fingerprint, rows written and filter counts. An existing complete file with
@@ -48,14 +77,18 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     path = Path(path)
     negative_filter = negative_filter or NegativeFilter()
     generation = dataclasses.asdict(settings)
+    identity = [model_identity(teacher, tokenizer)]
+    if chosen is not None:
+        identity.append({"chosen": chosen.source, "num_samples": chosen.num_samples,
+                         **model_identity(chosen.model, tokenizer), "adapter": _adapter_digest(chosen.model)})
     fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected,
-                               model_identity(teacher, tokenizer))
+                               *identity)
     meta = _complete(path, fingerprint)
     if meta is not None:
         logger.info("reusing %s (same model, tokenizer, teacher, generation settings and rows)", path)
         return meta
     job = _Job(teacher, tokenizer, rows, pairs, settings, teacher_spec, num_negatives, negative_filter,
-               keep_dataset_rejected, progress)
+               keep_dataset_rejected, chosen, progress)
     state = PartialState()
     if state.num_processes == 1:
         return job.write(path, fingerprint, range(len(rows)))
@@ -65,7 +98,8 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     state.wait_for_everyone()
     if state.is_main_process:
         _merge(parts, path, {"fingerprint": fingerprint, "teacher": teacher_spec, "generation": generation,
-                             "num_negatives": num_negatives, "source_rows": len(rows), "processes": world})
+                             "num_negatives": num_negatives, "source_rows": len(rows), "processes": world,
+                             "chosen": _chosen_meta(chosen, 0)})
     state.wait_for_everyone()
     return json.loads(_meta_path(path).read_text())
 
@@ -96,6 +130,7 @@ class _Job:
     num_negatives: int
     negative_filter: NegativeFilter
     keep_dataset_rejected: bool
+    chosen: OfflineChosen | None
     progress: bool
 
     def write(self, path: Path, fingerprint: str, indices: Sequence[int]) -> dict:
@@ -106,7 +141,8 @@ class _Job:
         finished = _complete(path, fingerprint)  # a part finished before an interruption
         if finished is not None:
             return finished
-        state = {"fingerprint": fingerprint, "rows_done": 0, "bytes": 0, "rows_written": 0, "counts": {}}
+        state = {"fingerprint": fingerprint, "rows_done": 0, "bytes": 0, "rows_written": 0, "counts": {},
+                 "chosen_cut_off": 0}
         if partial.is_file() and progress_path.is_file():
             saved = json.loads(progress_path.read_text())
             if saved.get("fingerprint") == fingerprint:
@@ -123,12 +159,16 @@ class _Job:
                 batch_settings = dataclasses.replace(self.settings, seed=self.settings.seed + start)
                 negatives = generate_answers(self.teacher, self.tokenizer, [self.pairs[i].prompt for i in batch],
                                              batch_settings, num_return_sequences=self.num_negatives)
+                chosen = self._chosen_answers(batch, batch_settings)
+                state["chosen_cut_off"] += sum(1 for answer in chosen if answer is not None and not answer[1])
                 lines = []
-                for index, row_negatives in zip(batch, negatives, strict=True):
+                for index, row_negatives, row_chosen in zip(batch, negatives, chosen, strict=True):
                     candidates = row_negatives if isinstance(row_negatives, list) else [row_negatives]
-                    kept = negative_filter.apply(candidates, self.pairs[index].answer)
+                    kept = negative_filter.apply(candidates, self.pairs[index].answer if row_chosen is None
+                                                 else row_chosen[0])
                     lines += _rows_for(self.rows[index], index, kept, self.teacher_spec, generation,
-                                       batch_settings.seed, self.keep_dataset_rejected)
+                                       batch_settings.seed, self.keep_dataset_rejected,
+                                       None if row_chosen is None else (self.chosen, *row_chosen))
                 handle.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode())
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -139,6 +179,7 @@ class _Job:
             "fingerprint": fingerprint, "teacher": self.teacher_spec, "generation": generation,
             "num_negatives": self.num_negatives, "source_rows": len(indices), "rows_written": state["rows_written"],
             "counts": dict(negative_filter.counts), "filtered_fraction": negative_filter.filtered_fraction,
+            "chosen": _chosen_meta(self.chosen, state["chosen_cut_off"]),
         }
         os.replace(partial, path)
         atomic_write_json(_meta_path(path), meta)
@@ -146,6 +187,31 @@ class _Job:
         logger.info("wrote %s: %d pairs from %d rows (%.1f%% of negatives filtered)", path, meta["rows_written"],
                     len(indices), 100 * meta["filtered_fraction"])
         return meta
+
+    def _chosen_answers(self, batch: Sequence[int], settings: GenerationSettings) -> list[tuple[str, bool] | None]:
+        """Per row of `batch`, the chosen model's answer text and whether it is complete (None: the reference)."""
+        if self.chosen is None:
+            return [None] * len(batch)
+        prompt_ids = [self.tokenizer(self.pairs[i].prompt, add_special_tokens=False).input_ids for i in batch]
+        picked = model_answers(self.chosen.model, self.tokenizer, prompt_ids, settings, seed=settings.seed,
+                               num_samples=self.chosen.num_samples)
+        return [(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), complete) for ids, complete in picked]
+
+
+def _chosen_meta(chosen: OfflineChosen | None, cut_off: int) -> dict:
+    if chosen is None:
+        return {"source": "reference"}
+    return {"source": chosen.source, "num_samples": chosen.num_samples, "cut_off": cut_off}
+
+
+def _adapter_digest(model) -> str:
+    """A digest of `model`'s trainable (adapter) tensors: a trained adapter answers differently from a fresh one."""
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            digest.update(name.encode())
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
@@ -158,6 +224,8 @@ def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
     for part_meta in metas:
         counts.update(part_meta["counts"])
     filtered = sum(v for k, v in counts.items() if k.startswith("filtered_"))
+    if meta["chosen"]["source"] != "reference":
+        meta["chosen"]["cut_off"] = sum(m["chosen"]["cut_off"] for m in metas)
     atomic_write_json(_meta_path(path), {**meta, "rows_written": sum(m["rows_written"] for m in metas),
                                          "counts": dict(counts),
                                          "filtered_fraction": filtered / counts["generated"] if counts["generated"]
@@ -168,16 +236,24 @@ def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
 
 
 def _rows_for(row: dict, index: int, negatives: list[str], teacher_spec: str, generation: dict, seed: int,
-              keep_dataset_rejected: bool) -> list[dict]:
+              keep_dataset_rejected: bool, chosen: tuple[OfflineChosen, str, bool] | None) -> list[dict]:
     base = preference_row(row)
     dataset_rejected = base.pop("rejected", None)
     conversational = isinstance(base["chosen"], list)
+
+    def answer(text: str):
+        return [{"role": "assistant", "content": text}] if conversational else text
+
+    chosen_meta = {"source": "reference"}
+    if chosen is not None:
+        writer, text, complete = chosen
+        base["chosen"] = answer(text)
+        chosen_meta = {"source": writer.source, "num_samples": writer.num_samples, "complete": complete}
     out = []
     for number, text in enumerate(negatives):
-        rejected = [{"role": "assistant", "content": text}] if conversational else text
-        out.append({**base, "rejected": rejected, "negteacher": {
+        out.append({**base, "rejected": answer(text), "negteacher": {
             "source": "teacher", "teacher": teacher_spec, "row": index, "negative": number, "seed": seed,
-            "generation": generation}})
+            "generation": generation, "chosen": chosen_meta}})
     if keep_dataset_rejected and dataset_rejected is not None:
         out.append({**base, "rejected": dataset_rejected, "negteacher": {"source": "dataset", "row": index}})
     return out

@@ -32,7 +32,7 @@ from .config import ConfigError, NegativeTeacherConfig
 from .losses import reads_rejected, split_loss_types
 from .negative_sources import NegativeSource, SourceRequest, TeacherSource, cut_suffix, example_key, setup_sources
 from .negative_sources import negative_source as negative_source_named
-from .offline import generate_preference_dataset
+from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +117,12 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
             # Every process generates its shard of the rows; the main process merges them (offline.py).
+            generating = train_pairs is not None or eval_pairs is not None
+            chosen = offline_chosen(self.chosen_source, model, args) if generating else None
             if train_pairs is not None:
-                train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train")
+                train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train", chosen)
             if eval_pairs is not None:
-                eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval")
+                eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval", chosen)
         else:
             # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
             # tokenization, to exactly the end-of-answer tokens that follow a generated one.
@@ -160,8 +162,8 @@ class NegativeTeacherTrainer(DPOTrainer):
         self._generation_step, self._calls_this_step = -1, 0
         self.generation_calls = 0
 
-    def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig,
-                      split: str) -> list[dict]:
+    def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig, split: str,
+                      chosen: OfflineChosen | None) -> list[dict]:
         path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
         if split != "train":
             path = path.with_name(f"{path.stem}.{split}{path.suffix}")
@@ -170,6 +172,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                 self.teacher, tokenizer, rows, pairs, path, settings=args.generation_settings(),
                 teacher_spec=args.teacher, num_negatives=args.num_negatives,
                 negative_filter=self.negative_filter, keep_dataset_rejected=args.keep_dataset_rejected,
+                chosen=chosen,
             )
         if split == "train":
             self.negatives_meta = meta
