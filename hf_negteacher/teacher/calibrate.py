@@ -31,6 +31,10 @@ class SettingResult:
     ratio: float
     trivial_fraction: float
     """Pairs (reference, teacher sample) the policy already separates by > `trivial_margin` nats/token."""
+    inverted_fraction: float
+    """Pairs whose teacher sample the policy finds likelier per token than the reference (gap < 0)."""
+    gap_quantiles: tuple[float, float, float]
+    """The 10th, 50th and 90th percentile of the policy's per-token gap, reference minus teacher sample."""
     bits_per_weight: float
     own_megabytes: float
     sample: str
@@ -55,15 +59,21 @@ class CalibrationReport:
         lines = [
             f"policy reference-answer perplexity: {self.policy_ppl:.2f} ({self.rows} rows)",
             "",
-            "| teacher setting | bits/weight | teacher ppl | ratio | trivial pairs | sample answer |",
-            "|---|---|---|---|---|---|",
+            f"| teacher setting | bits/weight | teacher ppl | ratio | trivial pairs (gap > {self.trivial_margin:g}) | "
+            "inverted (gap < 0) | gap p10 / p50 / p90 | sample answer |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for s in self.settings:
             mark = " **(recommended)**" if s is self.recommended else ""
             sample = s.sample.replace("|", "\\|").replace("\n", " ")[:80]
+            gaps = " / ".join(f"{q:.2f}" for q in s.gap_quantiles)
             lines.append(f"| `{s.setting}`{mark} | {s.bits_per_weight:.2f} | {s.teacher_ppl:.4g} | "
-                         f"{s.ratio:.3g}x | {s.trivial_fraction:.0%} | {sample} |")
+                         f"{s.ratio:.3g}x | {s.trivial_fraction:.0%} | {s.inverted_fraction:.0%} | {gaps} | {sample} |")
         lines += ["", f"target ratio {self.target_ratio:g}x -> recommended teacher: `{self.recommended.setting}`",
+                  "gap: the policy's log-likelihood per token of the reference minus that of the teacher's sample, "
+                  "before training (an empty sample counts as inf). The trainer's band (band_min_margin, "
+                  "band_max_margin) bounds DPO's implicit reward margin instead, which is 0 for every pair at "
+                  "step 0 and grows as training separates the pairs.",
                   f"sample prompt: {self.sample_prompt!r}; reference: {self.sample_reference!r}"]
         return "\n".join(lines)
 
@@ -129,11 +139,15 @@ def calibrate(model, tokenizer, pairs: Sequence[PromptAnswer], grid: Sequence[Te
         negatives = generate_answers(teacher, tokenizer, prompts, generation, progress=progress,
                                      desc=f"teacher {config.to_spec()}")
         negative_scores = answer_logprobs(model, tokenizer, prompts, negatives, batch_size=batch_size)
+        gaps = torch.tensor(pair_gaps(reference_scores, negative_scores), dtype=torch.float64)
         report.settings.append(SettingResult(
             setting=config.to_spec(),
             teacher_ppl=teacher_ppl,
             ratio=teacher_ppl / report.policy_ppl,
-            trivial_fraction=trivial_fraction(reference_scores, negative_scores, trivial_margin),
+            trivial_fraction=(gaps > trivial_margin).double().mean().item(),
+            inverted_fraction=(gaps < 0).double().mean().item(),
+            gap_quantiles=tuple(torch.quantile(gaps, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64),
+                                               interpolation="lower").tolist()),
             bits_per_weight=memory_report(teacher)["bits_per_weight"],
             own_megabytes=memory_report(teacher)["own_total"] / 2**20,
             sample=negatives[0],
@@ -143,12 +157,8 @@ def calibrate(model, tokenizer, pairs: Sequence[PromptAnswer], grid: Sequence[Te
     return report
 
 
-def trivial_fraction(chosen: Sequence[tuple[float, int]], rejected: Sequence[tuple[float, int]],
-                     margin: float) -> float:
-    """Share of pairs whose chosen answer beats the rejected one by more than `margin` nats per token.
-    An empty rejected answer counts as trivially separated."""
-    trivial = 0
-    for (chosen_sum, chosen_n), (rejected_sum, rejected_n) in zip(chosen, rejected, strict=True):
-        if rejected_n == 0 or chosen_sum / max(chosen_n, 1) - rejected_sum / rejected_n > margin:
-            trivial += 1
-    return trivial / len(chosen)
+def pair_gaps(chosen: Sequence[tuple[float, int]], rejected: Sequence[tuple[float, int]]) -> list[float]:
+    """Per pair, the chosen answer's log-likelihood per token minus the rejected one's (inf for an empty
+    rejected answer: trivially separated)."""
+    return [chosen_sum / max(chosen_n, 1) - rejected_sum / rejected_n if rejected_n else math.inf
+            for (chosen_sum, chosen_n), (rejected_sum, rejected_n) in zip(chosen, rejected, strict=True)]
