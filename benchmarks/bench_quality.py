@@ -18,7 +18,8 @@ Every model is scored on every held-out row of its task (answer perplexity), on 
 multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
 reward), and on the greedy answers to the first 300 held-out prompts. Each finished run is saved under
 `--output` and reused when the script runs again (an interrupted benchmark resumes); the tables are
-written to `quality.md` there and printed.
+written to `quality.md` there and printed. `--validation N` scores on the training split's last N rows instead
+(never trained on), where settings are chosen before the held-out rows are scored once.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
 trains on the rows' prompts alone (their references dropped)."""
 UNTRAINED = "untrained"
 CHOICE_ROWS = "bundled:reverse-eval"
+VALIDATION_CHOICE_ROWS = "bundled:reverse-train"
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
 logger = logging.getLogger("bench_quality")
 
@@ -228,8 +230,19 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     nf4 = not args.fp32
     tokenizer = load_tokenizer(source)
     limit = args.heldout_rows
-    data = EvalData(task.heldout, pairs=validate_rows(load_rows(task.heldout)[:limit], tokenizer),
-                    choices=choice_items(load_rows(CHOICE_ROWS), tokenizer)[:limit])
+    scored, choice_rows = task.heldout, load_rows(CHOICE_ROWS)
+    rows = load_rows(task.heldout)
+    if args.validation:  # the training split's last rows, which no run here trains on
+        scored = f"the last {args.validation} rows of {task.train}"
+        train = load_rows(task.train)
+        if len(train) - args.validation < 4 * args.steps:
+            raise SystemExit(f"--validation {args.validation}: {task.train} has {len(train)} rows and the first "
+                             f"{4 * args.steps} are trained on; expected at most {len(train) - 4 * args.steps}")
+        rows = train[-args.validation:]
+        choice_rows = load_rows(VALIDATION_CHOICE_ROWS)[-args.validation:]
+    data = EvalData(scored, pairs=validate_rows(rows[:limit], tokenizer),
+                    choices=choice_items(choice_rows, tokenizer)[:limit])
+    task_dir = f"{task_key}-validation-{args.validation}" if args.validation else task_key
     quality = QualitySettings(generation_rows=args.generation_rows, max_new_tokens=task.max_new_tokens,
                               batch_size=args.batch_size)
     sizes = (f"rows={len(data.pairs)}-choices={len(data.choices)}-gen={quality.generation_rows}-pref={args.preference}"
@@ -244,7 +257,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                       teacher_key=f"{teacher_spec}@{source}@nf4={nf4}", cache_dir=cache_dir())
         del teacher
     results: dict[str, list[dict]] = {}
-    untrained_file = run_file(output, model_key, task_key, UNTRAINED, 0, 0, nf4, sizes)
+    untrained_file = run_file(output, model_key, task_dir, UNTRAINED, 0, 0, nf4, sizes)
     if not untrained_file.is_file():
         atomic_write_json(untrained_file, score(for_scoring(base), tokenizer, data, quality, negatives))
     results[UNTRAINED] = [json.loads(untrained_file.read_text())]
@@ -253,9 +266,9 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     for method in args.methods:
         results[METHODS[method]] = []
         for seed in args.seeds:
-            result_file = run_file(output, model_key, task_key, method, args.steps, seed, nf4, sizes)
+            result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes)
             if not result_file.is_file():
-                work = output / "adapters" / model_key / task_key / result_file.stem
+                work = output / "adapters" / model_key / task_dir / result_file.stem
                 policy = load_policy(source, nf4)
                 trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft" else
                            train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps, teacher_spec,
@@ -270,9 +283,12 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                                 "train_seconds": seconds})
             results[METHODS[method]].append(json.loads(result_file.read_text()))
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
-    title = (f"{model_key}, {task_key} ({task.train} -> {task.heldout}): {described}, "
+    choices_from = (f"the last {args.validation} rows of {VALIDATION_CHOICE_ROWS}" if args.validation
+                    else CHOICE_ROWS)
+    title = (f"{model_key}, {task_key} ({task.train} -> {scored}): {described}, "
              f"{'QLoRA' if nf4 else 'LoRA'} r16, {args.steps} steps x 4 rows, teacher `{teacher_spec}`; "
-             f"{len(data.pairs)} held-out rows (perplexity), {len(data.choices)} multiple-choice items (5 words), "
+             f"{len(data.pairs)} {'validation' if args.validation else 'held-out'} rows (perplexity), "
+             f"{len(data.choices)} multiple-choice items (5 words, {choices_from}), "
              f"{min(quality.generation_rows, len(data.pairs))} greedy answers of at most {task.max_new_tokens} "
              f"tokens{preference}; scored with the {'NF4 weights dequantized once' if nf4 else 'fp32 weights'}")
     runs = [r for runs in results.values() for r in runs]
@@ -289,6 +305,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 (--full: 0 1 2)")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps of 4 rows")
     parser.add_argument("--heldout_rows", type=int, help="first N held-out rows and choice items (default: all)")
+    parser.add_argument("--validation", type=int, metavar="N",
+                        help="score on the training split's last N rows (and multiple-choice items from "
+                             "reverse-train's last N) instead of the held-out split: choose settings here, then "
+                             "report held-out once")
     parser.add_argument("--generation_rows", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=32, help="scoring and generation batch")
     parser.add_argument("--preference", action="store_true", help="also preference accuracy vs teacher samples")
@@ -298,6 +318,8 @@ def main() -> None:
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
     args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
+    if args.validation is not None and args.validation < 1:
+        parser.error(f"--validation {args.validation}: expected a number of rows >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     output = Path(args.output)

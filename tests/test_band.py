@@ -84,10 +84,10 @@ def test_strength_feedback_moves_the_teacher_toward_the_policy_while_pairs_are_t
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
     seen = []
     for accuracy in (0.9, 0.9, 0.9, 0.2, 0.2):  # too easy x3 (down to the floor), then too hard x2 (up to 1)
-        trainer._last_reward_accuracy = accuracy
+        trainer.teacher_updates.last_reward_accuracy = accuracy
         trainer.state.global_step += 1
         trainer.adjust_strength()
-        seen.append(trainer._teacher_spec.strength)
+        seen.append(trainer.teacher_updates.spec.strength)
         expected = build_negative_teacher(trainer.model, config=TeacherConfig.from_spec(
             f"int3,group_size=32,strength={seen[-1]}"))
         got, want = packed_state(trainer.teacher), packed_state(expected)
@@ -117,7 +117,8 @@ def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_para
                                                                                       monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     for overrides, name in (({"band_max_margin": 1.0}, "band_min_margin / band_max_margin"),
-                            ({"chosen_source": "policy"}, "chosen_source='policy'")):
+                            ({"chosen_source": "policy"}, "chosen_source='policy'"),
+                            ({"negative_source": "self"}, "negative_source='self'")):
         with pytest.raises(ConfigError, match=f"{re.escape(name)} under FSDP / ZeRO-3"):
             NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, teacher="int3", **overrides), ROWS,
                                    processing_class=smol_tokenizer, peft_config=lora())

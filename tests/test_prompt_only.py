@@ -29,6 +29,13 @@ def lora() -> LoraConfig:
     return LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
 
 
+def recorded_requests(trainer) -> list:
+    """The requests the trainer's chosen source is asked, appended as they come."""
+    requests, answers = [], trainer.chosen_source.answers
+    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    return requests
+
+
 def moved(trainer) -> bool:
     return any(v.abs().sum() > 0 for k, v in trainer.model.named_parameters() if "lora_B" in k)
 
@@ -56,9 +63,7 @@ def test_policy_greedy_answers_are_chosen_and_prompts_alone_train(tiny_chat_mode
     untrained = copy.deepcopy(tiny_chat_model).eval()
     trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path), PROMPTS, processing_class=smol_tokenizer,
                                      peft_config=lora())
-    requests = []
-    answers = trainer.chosen_source.answers
-    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    requests = recorded_requests(trainer)
     trainer.train()
     request = requests[0]
     assert all(not reference for reference in request.references)  # nothing to read: prompts alone
@@ -84,9 +89,7 @@ def test_best_of_n_is_chosen_by_the_policys_length_normalized_log_probability(ti
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, PROMPTS[:4], processing_class=smol_tokenizer,
                                      peft_config=lora())
     examples = [dict(e) for e in trainer.train_dataset]
-    requests = []
-    answers = trainer.chosen_source.answers
-    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    requests = recorded_requests(trainer)
     pairs = trainer._with_negatives(examples)
     request = requests[0]
     samples = generate_negative_ids(untrained, request.prompts, request.settings, seed=request.seed,
@@ -161,9 +164,7 @@ def test_checkpoint_answers_come_from_the_unquantized_checkpoint_not_the_policy(
     args = config(tmp_path, chosen_source="checkpoint", chosen_checkpoint=str(tiny_base_dir))
     trainer = NegativeTeacherTrainer(policy, args, PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
     examples = [dict(e) for e in trainer.train_dataset]
-    requests = []
-    answers = trainer.chosen_source.answers
-    trainer.chosen_source.answers = lambda t, r: requests.append(r) or answers(t, r)
+    requests = recorded_requests(trainer)
     pairs = trainer._with_negatives(examples)
     request = requests[0]
     greedy = request.settings.__class__(**{**vars(request.settings), "temperature": 0.0})

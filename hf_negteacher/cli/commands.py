@@ -133,7 +133,7 @@ def generate_command(argv: list[str]) -> None:
         keep_dataset_rejected=args.keep_dataset_rejected,
         chosen=offline_chosen(chosen_source(args.chosen_source), policy, args),
     )
-    chosen = meta["chosen"]
+    chosen = meta.get("chosen", {"source": "reference"})  # files written before chosen sources name none
     written_by = "" if chosen["source"] == "reference" else f"; {chosen['cut_off']} chosen answers cut off"
     print(f"{path}: {meta['rows_written']} pairs from {meta['source_rows']} rows, chosen: {chosen['source']}"
           f"{written_by}; filtered {meta['counts']}")

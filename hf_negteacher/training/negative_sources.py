@@ -69,6 +69,8 @@ class SelfSource:
     """The policy's own samples, adapter on (SPIN's opponent at its first iteration, then the current policy)."""
 
     name = "self"
+    runs_policy = True
+    """It generates with the policy outside the forward pass, which sharded processes cannot (FSDP / ZeRO-3)."""
 
     def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
         return sample(trainer, trainer.accelerator.unwrap_model(trainer.model), request)

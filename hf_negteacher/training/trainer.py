@@ -23,7 +23,7 @@ from ..hub import last_logged_metrics, name_adapter_base, render_model_card
 from ..logprobs import completion_logprobs
 from ..models import base_model_info, eval_mode, named_as
 from ..teacher.build import build_negative_teacher
-from ..teacher.follow import load_teacher_state, policy_weights, save_teacher_state
+from ..teacher.follow import load_teacher_state, save_teacher_state
 from ..teacher.layer import materialized
 from .band import in_band, pair_margins
 from .chosen_sources import ChosenSource, reads_reference
@@ -33,11 +33,25 @@ from .losses import reads_rejected, split_loss_types
 from .negative_sources import NegativeSource, SourceRequest, TeacherSource, cut_suffix, example_key, setup_sources
 from .negative_sources import negative_source as negative_source_named
 from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
+from .teacher_updates import TeacherUpdates
 
 logger = logging.getLogger(__name__)
 
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
                 "negatives/filtered_fraction", "teacher/reference_ppl")
+
+
+STEP_RATIOS = (
+    ("negatives/mean_length", "length", "pairs", "pairs"),
+    ("negatives/pairs_per_prompt", "pairs", "prompts", "pairs"),
+    ("negatives/filtered_fraction", "filtered", "generated", "generated"),
+    ("negatives/fallback_fraction", "fallback", "pairs", "generated"),
+    ("band/filtered_fraction", "band_out", "band_scored", "band_scored"),
+    ("band/margin_mean", "band_margin", "band_scored", "band_scored"),
+    ("chosen/mean_length", "chosen_length", "chosen", "chosen"),
+    ("chosen/cut_off_fraction", "chosen_cut_off", "chosen", "chosen"),
+)
+"""Per-batch metrics (metric, numerator, denominator, logged when this count is nonzero) from `_step_stats`."""
 
 
 class _KeepExamples:
@@ -102,15 +116,13 @@ class NegativeTeacherTrainer(DPOTrainer):
             band = args.band_min_margin is not None or args.band_max_margin is not None
             outside_step = [name for name, used in (
                 ("teacher_follow_every", bool(args.teacher_follow_every)), ("band_min_margin / band_max_margin", band),
-                (f"chosen_source={self.chosen_source.name!r}", not reads_reference(self.chosen_source))) if used]
+                (f"chosen_source={self.chosen_source.name!r}", not reads_reference(self.chosen_source)),
+                (f"negative_source={self.negative_source.name!r}", getattr(self.negative_source, "runs_policy", False))
+            ) if used]
             if outside_step:  # the policy would run outside the training step, where sharded processes can diverge
                 raise ConfigError(f"{', '.join(outside_step)} under FSDP / ZeRO-3: the policy's sharded tensors are "
                                   "used outside the training step; use DDP or one process")
-        self._teacher_weights = teacher_weights
-        self._teacher_built_at = 0
-        self._teacher_spec = args.teacher_config()
-        self._last_reward_accuracy: float | None = None
-        self._strength_adjusted_at = 0
+        self.teacher_updates = TeacherUpdates(args, teacher_weights)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=_shards_parameters(args))
         self.negative_filter = args.negative_filter()
@@ -221,12 +233,10 @@ class NegativeTeacherTrainer(DPOTrainer):
     # Online negatives ---------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        every, step = self.args.teacher_follow_every, self.state.global_step
-        if every and step and step % every == 0 and step != self._teacher_built_at:
+        follow, adjust = self.teacher_updates.due(self.state.global_step)
+        if follow:
             self.follow_policy()
-        every = self.args.teacher_adjust_every
-        if (self.args.teacher_strength_target is not None and step and step % every == 0
-                and step != self._strength_adjusted_at):
+        if adjust:
             self.adjust_strength()
         self._generation_seconds = 0.0
         start = time.perf_counter()
@@ -234,34 +244,22 @@ class NegativeTeacherTrainer(DPOTrainer):
         if self.args.negatives_mode == "online" and self._uses_negatives:
             share = self._generation_seconds / (time.perf_counter() - start)
             share = self.accelerator.reduce(torch.tensor(share, device=self.accelerator.device), reduction="mean")
-            self._metrics["train"]["negatives/generation_time_share"].append(share.item())
+            self.log_metric("negatives/generation_time_share", share.item())
         return loss
 
     def follow_policy(self) -> None:
         """Rebuild the teacher from the current policy: the checkpoint's weights plus the LoRA delta, quantized
-        with the same setting. The old teacher's packed tensors are dropped, so memory does not grow."""
-        policy = self.accelerator.unwrap_model(self.model)
-        config = self.args.teacher_config()
-        weights = policy_weights(policy, config, self._teacher_weights)
-        self.teacher = build_negative_teacher(policy, config=config, weights=weights).to(self.accelerator.device)
-        self._teacher_built_at = self.state.global_step
-        self._metrics["train"]["teacher/rebuilt_at_step"].append(float(self.state.global_step))
+        with the same setting (`teacher_follow_every`)."""
+        self.teacher_updates.follow(self)
 
     def adjust_strength(self) -> None:
         """One feedback step on the teacher's strength from the last batch's reward accuracy (see
         `teacher_strength_target`); the teacher is rebuilt when the strength changes."""
-        args, spec = self.args, self._teacher_spec
-        self._strength_adjusted_at = self.state.global_step
-        if self._last_reward_accuracy is not None:
-            too_easy = self._last_reward_accuracy > args.teacher_strength_target
-            target = spec.strength + (-1 if too_easy else 1) * args.teacher_strength_step
-            strength = round(min(max(target, args.teacher_strength_min), args.teacher_config().strength), 6)
-            if strength != spec.strength:
-                self._teacher_spec = dataclasses.replace(spec, strength=strength)
-                self.teacher = build_negative_teacher(self.accelerator.unwrap_model(self.model),
-                                                      config=self._teacher_spec, weights=self._teacher_weights
-                                                      ).to(self.accelerator.device)
-        self._metrics["train"]["teacher/strength"].append(self._teacher_spec.strength)
+        self.teacher_updates.adjust_strength(self)
+
+    def log_metric(self, name: str, value: float) -> None:
+        """Add `value` to this step's training log under `name` (averaged over the logging interval, as TRL's)."""
+        self._metrics["train"][name].append(value)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -296,7 +294,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         accuracies = self._metrics["train" if self.model.training else "eval"].get("rewards/accuracies")
         if self.model.training and accuracies:
-            self._last_reward_accuracy = accuracies[-1]  # the feedback of `teacher_strength_target`
+            self.teacher_updates.last_reward_accuracy = accuracies[-1]
         if not self.loss_terms:
             return result
         metrics = self._metrics["train" if self.model.training else "eval"]
@@ -345,25 +343,14 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     def _log_negative_stats(self) -> None:
         """This call's negative statistics, summed over processes (every process calls this once per batch)."""
-        names = ("length", "pairs", "prompts", "generated", "filtered", "fallback", "reference_logprob",
-                 "reference_tokens", "chosen", "chosen_length", "chosen_cut_off", "band_scored", "band_out",
-                 "band_margin")
+        names = sorted({n for ratio in STEP_RATIOS for n in ratio[1:]} | {"reference_logprob", "reference_tokens"})
         local = torch.tensor([float(self._step_stats[n]) for n in names], device=self.accelerator.device)
         total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
         self._step_stats.clear()
         metrics = self._metrics["train" if self.model.training else "eval"]
-        if total["pairs"]:
-            metrics["negatives/mean_length"].append(total["length"] / total["pairs"])
-            metrics["negatives/pairs_per_prompt"].append(total["pairs"] / total["prompts"])
-        if total["generated"]:
-            metrics["negatives/filtered_fraction"].append(total["filtered"] / total["generated"])
-            metrics["negatives/fallback_fraction"].append(total["fallback"] / total["pairs"])
-        if total["band_scored"]:
-            metrics["band/filtered_fraction"].append(total["band_out"] / total["band_scored"])
-            metrics["band/margin_mean"].append(total["band_margin"] / total["band_scored"])
-        if total["chosen"]:
-            metrics["chosen/mean_length"].append(total["chosen_length"] / total["chosen"])
-            metrics["chosen/cut_off_fraction"].append(total["chosen_cut_off"] / total["chosen"])
+        for metric, numerator, denominator, when in STEP_RATIOS:
+            if total[when]:
+                metrics[metric].append(total[numerator] / total[denominator])
         if total["reference_tokens"]:
             metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
 
