@@ -185,9 +185,9 @@ def run_file(output: Path, model_key: str, task: str, method: str, steps: int, s
     return output / model_key / task / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-{sizes}.json"
 
 
-def difference_table(title: str, results: dict[str, list[dict]], against: str, shown) -> list[str]:
+def difference_table(title: str, results: dict[str, list[dict]], against: str, shown, scored: str) -> list[str]:
     baseline = seed_mean_rows(results[against])
-    lines = [f"{title}: paired bootstrap 95% interval over held-out rows (per-row scores averaged over seeds), "
+    lines = [f"{title}: paired bootstrap 95% interval over {scored} rows (per-row scores averaged over seeds), "
              "and its half-width (about the smallest difference these rows can tell from zero); "
              "* = the interval excludes 0", "",
              "| method | " + " | ".join(metric_label(k) for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
@@ -201,7 +201,7 @@ def difference_table(title: str, results: dict[str, list[dict]], against: str, s
     return lines
 
 
-def report(results: dict[str, list[dict]], task: Task, title: str) -> str:
+def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "held-out") -> str:
     shown = task.shown
     sft = results.get(METHODS["sft"])
     header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
@@ -216,10 +216,10 @@ def report(results: dict[str, list[dict]], task: Task, title: str) -> str:
         ratio = (f"{minutes * 60 / np.mean([r['train_seconds'] for r in sft]):.2f}x" if sft and minutes else "")
         lines.append(f"| {method} | {len(runs)} | {'' if minutes is None else f'{minutes:.1f}'} | {ratio} | "
                      + " | ".join(cells) + " |")
-    lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown)]
+    lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
     if sft:
         lines += ["", *difference_table("method - SFT", {m: r for m, r in results.items() if m != UNTRAINED},
-                                        METHODS["sft"], shown)]
+                                        METHODS["sft"], shown, scored)]
     return "\n".join(lines)
 
 
@@ -293,7 +293,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
              f"tokens{preference}; scored with the {'NF4 weights dequantized once' if nf4 else 'fp32 weights'}")
     runs = [r for runs in results.values() for r in runs]
     seconds = sum(r.get("train_seconds", 0) + r["score_seconds"] for r in runs)
-    return report(results, task, title), {r.get("commit", "?") for r in runs}, seconds
+    kind = "validation" if args.validation else "held-out"
+    return report(results, task, title, kind), {r.get("commit", "?") for r in runs}, seconds
 
 
 def main() -> None:
