@@ -247,3 +247,30 @@ def test_generate_command_writes_the_policys_answers_for_prompts_alone(tiny_base
     assert rows and all(r["chosen"][0]["content"] == expected[r["negteacher"]["row"]] for r in rows)
     assert all(r["negteacher"]["chosen"]["source"] == "policy" for r in rows)
     assert "chosen: policy; " in capsys.readouterr().out
+
+
+def test_an_offline_file_is_rewritten_when_the_chosen_models_adapter_changed(tiny_chat_model, smol_tokenizer,
+                                                                             tmp_path):
+    from peft import get_peft_model
+
+    from hf_negteacher import build_negative_teacher
+    from hf_negteacher.generation import GenerationSettings
+    from hf_negteacher.training.offline import OfflineChosen, generate_preference_dataset
+
+    teacher = build_negative_teacher(tiny_chat_model, "int3", group_size=32)
+    policy = get_peft_model(copy.deepcopy(tiny_chat_model), lora())
+    pairs = validate_rows(PROMPTS[:2], smol_tokenizer, require_answer=False)
+
+    def fingerprint() -> str:
+        return generate_preference_dataset(teacher, smol_tokenizer, PROMPTS[:2], pairs, tmp_path / "n.jsonl",
+                                           settings=GenerationSettings(max_new_tokens=4),
+                                           teacher_spec="int3,group_size=32", chosen=OfflineChosen("policy", policy),
+                                           progress=False)["fingerprint"]
+
+    first = fingerprint()
+    assert fingerprint() == first  # the same adapter: the file is reused
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+    assert fingerprint() != first

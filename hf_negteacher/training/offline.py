@@ -146,7 +146,7 @@ class _Job:
         if partial.is_file() and progress_path.is_file():
             saved = json.loads(progress_path.read_text())
             if saved.get("fingerprint") == fingerprint:
-                state = saved
+                state = {**state, **saved}  # a file started before a field was added resumes with its default
                 logger.info("resuming %s at row %d of %d", path, state["rows_done"], len(indices))
         negative_filter.counts.update(state["counts"])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,10 +205,13 @@ def _chosen_meta(chosen: OfflineChosen | None, cut_off: int) -> dict:
 
 
 def _adapter_digest(model) -> str:
-    """A digest of `model`'s trainable (adapter) tensors: a trained adapter answers differently from a fresh one."""
+    """A digest of a PEFT model's adapter tensors (a trained adapter answers differently from a fresh one); empty
+    for a model without one, whose identity `models.model_identity` gives."""
+    if not hasattr(model, "peft_config"):
+        return ""
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
+        if "lora_" in name or parameter.requires_grad:
             digest.update(name.encode())
             digest.update(parameter.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
