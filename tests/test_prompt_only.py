@@ -212,6 +212,7 @@ def test_offline_pairs_choose_the_checkpoints_answer_and_say_so(tiny_chat_model,
         assert row["negteacher"]["chosen"] == {"source": "checkpoint", "num_samples": 1, "complete": complete}
     cut_off = sum(not 0 < len(a) < 6 for a in expected_ids)
     assert trainer.negatives_meta["chosen"] == {"source": "checkpoint", "num_samples": 1, "cut_off": cut_off}
+    assert trainer.chosen_source._model is None  # the second copy is not kept through training
     trainer.train()
     assert moved(trainer) and trainer.generation_calls == 0
 

@@ -94,6 +94,10 @@ class CheckpointSource(PolicySource):
             self._model = load_causal_lm(source, dtype=dtype).to(device).requires_grad_(False)
         return self._model
 
+    def release(self) -> None:
+        """Drop the loaded checkpoint (offline, once its answers are written; loaded again if asked)."""
+        self._model = None
+
 
 @torch.no_grad()
 def model_answers(model, tokenizer, prompt_ids: Sequence[list[int]], settings: GenerationSettings, *, seed: int,

@@ -135,6 +135,9 @@ class NegativeTeacherTrainer(DPOTrainer):
                 train_rows = self._offline_rows(train_rows, train_pairs, tokenizer, args, "train", chosen)
             if eval_pairs is not None:
                 eval_rows = self._offline_rows(eval_rows, eval_pairs, tokenizer, args, "eval", chosen)
+            if hasattr(self.chosen_source, "release"):  # its model has written every chosen answer it will
+                self.chosen_source.release()
+            del chosen
         else:
             # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
             # tokenization, to exactly the end-of-answer tokens that follow a generated one.
