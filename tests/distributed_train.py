@@ -56,15 +56,15 @@ pairs_per_batch = []
 if uneven:
     if rank == 1:
         trainer.negative_filter = DropEverything()
-    with_negatives = trainer._with_negatives
-    trainer._with_negatives = lambda examples: pairs_per_batch.append(len(out := with_negatives(examples))) or out
+    with_negatives = trainer.online.pairs
+    trainer.online.pairs = lambda examples: pairs_per_batch.append(len(out := with_negatives(examples))) or out
 trainer.train()
 output_dir.mkdir(parents=True, exist_ok=True)
 prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
-                 if example_key(e) in trainer._negative_cache)
+                 if example_key(e) in trainer.online.cache)
 adapter_sum = lora_sum()
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
-                                                            "generation_calls": trainer.generation_calls,
+                                                            "generation_calls": trainer.online.generation_calls,
                                                             "prompts": prompts, "adapter_sum": adapter_sum,
                                                             "adapter_sum_before": adapter_sum_before,
                                                             "pairs_per_batch": pairs_per_batch,

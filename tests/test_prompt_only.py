@@ -74,7 +74,7 @@ def test_policy_greedy_answers_are_chosen_and_prompts_alone_train(tiny_chat_mode
                                      stop_token_ids=stop_token_ids(smol_tokenizer, untrained))
     by_prompt = {tuple(e["prompt_ids"]): e for e in trainer.train_dataset}
     for prompt, (answer,) in zip(request.prompts, expected, strict=True):
-        _, chosen, negatives = trainer._negative_cache[example_key(by_prompt[tuple(prompt)])]
+        _, chosen, negatives = trainer.online.cache[example_key(by_prompt[tuple(prompt)])]
         assert chosen == answer and negatives[0] != chosen
     log = trainer.state.log_history[0]
     assert log["chosen/mean_length"] == pytest.approx(sum(len(a) for (a,) in expected) / 4)
@@ -90,7 +90,7 @@ def test_best_of_n_is_chosen_by_the_policys_length_normalized_log_probability(ti
                                      peft_config=lora())
     examples = [dict(e) for e in trainer.train_dataset]
     requests = recorded_requests(trainer)
-    pairs = trainer._with_negatives(examples)
+    pairs = trainer.online.pairs(examples)
     request = requests[0]
     samples = generate_negative_ids(untrained, request.prompts, request.settings, seed=request.seed,
                                     pad_token_id=smol_tokenizer.pad_token_id,
@@ -111,7 +111,7 @@ def test_sft_on_the_policys_own_answers_writes_only_the_chosen_side(tiny_chat_mo
                                      processing_class=smol_tokenizer, peft_config=lora())
     trainer.teacher.generate = lambda *a, **k: pytest.fail("the teacher generated")
     trainer.train()
-    cached = list(trainer._negative_cache.values())
+    cached = list(trainer.online.cache.values())
     assert len(cached) == 4 and all(negatives == [[]] and chosen for _, chosen, negatives in cached)
     assert "negatives/mean_length" not in trainer.state.log_history[0] and moved(trainer)
 
@@ -165,7 +165,7 @@ def test_checkpoint_answers_come_from_the_unquantized_checkpoint_not_the_policy(
     trainer = NegativeTeacherTrainer(policy, args, PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
     examples = [dict(e) for e in trainer.train_dataset]
     requests = recorded_requests(trainer)
-    pairs = trainer._with_negatives(examples)
+    pairs = trainer.online.pairs(examples)
     request = requests[0]
     greedy = request.settings.__class__(**{**vars(request.settings), "temperature": 0.0})
     stops = stop_token_ids(smol_tokenizer, checkpoint)
@@ -214,7 +214,7 @@ def test_offline_pairs_choose_the_checkpoints_answer_and_say_so(tiny_chat_model,
     assert trainer.negatives_meta["chosen"] == {"source": "checkpoint", "num_samples": 1, "cut_off": cut_off}
     assert trainer.chosen_source._model is None  # the second copy is not kept through training
     trainer.train()
-    assert moved(trainer) and trainer.generation_calls == 0
+    assert moved(trainer) and trainer.online.generation_calls == 0
 
 
 def test_offline_files_are_not_reused_across_chosen_sources(tiny_chat_model, smol_tokenizer, tmp_path):

@@ -54,7 +54,7 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
     prompts, negatives = [], []
     for example in trainer.train_dataset:
         key = example_key(example)
-        for negative in trainer._negative_cache[key][2]:
+        for negative in trainer.online.cache[key][2]:
             prompts.append(example["prompt_ids"])
             negatives.append(negative)
             assert negative != example["chosen_ids"][: len(negative)] or len(negative) < 3

@@ -83,7 +83,7 @@ def test_trainer_adds_the_weighted_token_loss_to_trls_and_generates_nothing(tiny
 
     both.args.max_steps = 2
     both.train()
-    assert both.generation_calls == 0
+    assert both.online.generation_calls == 0
     assert any(p.abs().sum() > 0 for n, p in both.model.named_parameters() if "lora_B" in n)  # it trained
     logs = [entry for entry in both.state.log_history if "loss" in entry]
     assert 0 < logs[0]["teacher_unlikelihood/teacher_wrong"] <= 1
@@ -123,6 +123,6 @@ def test_a_registered_loss_term_is_added_with_its_weight_without_touching_traine
         with torch.no_grad():
             difference = both.compute_loss(both.model, inputs) - sft.compute_loss(sft.model, inputs)
         assert difference.item() == pytest.approx(3.0, abs=1e-3)
-        assert both._metrics["train"]["test_constant/seen"] == [1.0] and not both._uses_negatives
+        assert both._metrics["train"]["test_constant/seen"] == [1.0] and not both.online.uses_negatives
     finally:
         LOSS_TERMS.pop("test_constant")

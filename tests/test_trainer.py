@@ -59,8 +59,8 @@ def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_
     after = adapter_state(trainer)
     assert any(not torch.equal(initial[k], after[k]) for k in initial)
     assert all(torch.equal(packed_before[n], b) for n, b in trainer.teacher.named_buffers())
-    assert trainer.generation_calls == 2
-    cached = [entry[2] for entry in trainer._negative_cache.values()]
+    assert trainer.online.generation_calls == 2
+    cached = [entry[2] for entry in trainer.online.cache.values()]
     assert len(cached) == 8 and all(len(n) == 1 and 0 < len(n[0]) <= 6 for n in cached)
 
 
@@ -72,7 +72,7 @@ def test_refresh_every_reuses_cached_negatives(tiny_chat_model, smol_tokenizer, 
     reuse = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path / "b", max_steps=4, refresh_every=10), ROWS,
                                    processing_class=smol_tokenizer, peft_config=lora())
     reuse.train()
-    assert fresh.generation_calls == 4 and reuse.generation_calls == 2
+    assert fresh.online.generation_calls == 4 and reuse.online.generation_calls == 2
     assert trained(fresh) and trained(reuse)
 
 
@@ -83,7 +83,7 @@ def test_num_negatives_gives_several_pairs_per_prompt(tiny_chat_model, smol_toke
     trainer.train()
     log = trainer.state.log_history[0]
     assert log["negatives/pairs_per_prompt"] == 3
-    assert all(len(entry[2]) == 3 for entry in trainer._negative_cache.values())
+    assert all(len(entry[2]) == 3 for entry in trainer.online.cache.values())
     assert trained(trainer)
 
 
@@ -114,8 +114,8 @@ def test_filtered_negatives_are_resampled_then_filled_so_every_prompt_gets_exact
     log = trainer.state.log_history[0]
     assert log["negatives/pairs_per_prompt"] == 2 and log["negatives/fallback_fraction"] == fallback
     assert log["negatives/filtered_fraction"] == pytest.approx(0.5 if filtered_tries == 1 else 1.0, abs=0.13)
-    assert trainer._calls_this_step == 2 and trainer.generation_calls == 1  # one resample call
-    assert all(len(negatives) == 2 for _, _, negatives in trainer._negative_cache.values())
+    assert trainer.online.calls_this_step == 2 and trainer.online.generation_calls == 1  # one resample call
+    assert all(len(negatives) == 2 for _, _, negatives in trainer.online.cache.values())
     assert trained(trainer)
 
 
@@ -165,7 +165,7 @@ def test_offline_training_consumes_the_generated_dataset(tiny_chat_model, smol_t
     trainer.train()
     assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
     assert any(not torch.equal(initial[k], v) for k, v in adapter_state(trainer).items())
-    assert trainer.generation_calls == 0  # the pairs come from the file, nothing is generated while training
+    assert trainer.online.generation_calls == 0  # the pairs come from the file, nothing is generated while training
 
 
 KNOWN_WRONG = [{"role": "assistant", "content": "I do not know."}]
@@ -185,10 +185,10 @@ def test_keep_dataset_rejected_adds_the_datasets_pair_online(tiny_chat_model, sm
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, rows, processing_class=smol_tokenizer, peft_config=lora())
     examples = [dict(e) for e in trainer.train_dataset]
     assert [e["negteacher_fixed"] for e in examples] == [False, True, False, True]
-    pairs = trainer._with_negatives(examples)
+    pairs = trainer.online.pairs(examples)
     wrong = smol_tokenizer.apply_chat_template(rows[0]["prompt"] + KNOWN_WRONG, tokenize=False)
     fixed = [p for p in pairs if smol_tokenizer.decode(p["prompt_ids"] + p["rejected_ids"]) == wrong]
-    assert len(pairs) == 4 and len(fixed) == 1 and trainer.generation_calls == 1
+    assert len(pairs) == 4 and len(fixed) == 1 and trainer.online.generation_calls == 1
 
 
 class StopAfter(TrainerCallback):
@@ -312,7 +312,7 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
     trainer.train()
     trainer.teacher.generate = teacher_generate
     assert trainer.state.log_history[0]["negatives/pairs_per_prompt"] == 2 and trained(trainer)
-    cached = {tuple(map(tuple, negatives)) for _, _, negatives in trainer._negative_cache.values()}
+    cached = {tuple(map(tuple, negatives)) for _, _, negatives in trainer.online.cache.values()}
     if source == "user":
         assert cached == {((11, 12), (13,))}
     elif source == "in_batch":
@@ -343,7 +343,7 @@ def test_dataset_source_trains_on_the_rows_own_rejected_answers(tiny_chat_model,
     by_prompt = {smol_tokenizer.decode(e["prompt_ids"]): e for e in trainer.train_dataset}
     for i, row in enumerate(rows):
         prompt = smol_tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        _, _, negatives = trainer._negative_cache[example_key(by_prompt[prompt])]
+        _, _, negatives = trainer.online.cache[example_key(by_prompt[prompt])]
         # One rejected answer per row for two pairs: the duplicate filter drops the repeat, the fill restores it.
         assert [smol_tokenizer.decode(n) for n in negatives] == [f"I do not know {i}."] * 2
     assert trainer.state.log_history[0]["negatives/fallback_fraction"] == 0.5 and trained(trainer)
@@ -370,7 +370,7 @@ def test_a_chosen_source_writes_the_chosen_side_and_negatives_are_filtered_again
     trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS[:4], processing_class=smol_tokenizer,
                                      peft_config=lora(), chosen_source=FixedChosen())
     examples = [dict(e) for e in trainer.train_dataset]
-    pairs = trainer._with_negatives(examples)
+    pairs = trainer.online.pairs(examples)
     suffix = examples[0]["rejected_ids"]
     assert [p["chosen_ids"] for p in pairs] == [[11, 12] + suffix] * 4
     # in_batch offers the other rows' chosen answers, all [11, 12] = this row's chosen: every one is filtered,

@@ -5,10 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,47 +16,26 @@ from torch import nn
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from ..data.rows import load_jsonl, preference_row, validate_rows
+from ..data.rows import load_jsonl, validate_rows
 from ..hub import last_logged_metrics, name_adapter_base, render_model_card
-from ..logprobs import completion_logprobs
-from ..models import base_model_info, eval_mode, named_as
+from ..models import base_model_info, named_as
 from ..teacher.build import build_negative_teacher
 from ..teacher.follow import load_teacher_state, save_teacher_state
 from ..teacher.layer import materialized
-from .band import in_band, pair_margins
 from .chosen_sources import ChosenSource, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
-from .losses import reads_rejected, split_loss_types
-from .negative_sources import NegativeSource, SourceRequest, TeacherSource, cut_suffix, example_key, setup_sources
+from .losses import split_loss_types
+from .negative_sources import NegativeSource, setup_sources
 from .negative_sources import negative_source as negative_source_named
 from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
+from .online import KeepExamples, OnlinePairs, online_rows
 from .teacher_updates import TeacherUpdates
 
 logger = logging.getLogger(__name__)
 
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
                 "negatives/filtered_fraction", "teacher/reference_ppl")
-
-
-STEP_RATIOS = (
-    ("negatives/mean_length", "length", "pairs", "pairs"),
-    ("negatives/pairs_per_prompt", "pairs", "prompts", "pairs"),
-    ("negatives/filtered_fraction", "filtered", "generated", "generated"),
-    ("negatives/fallback_fraction", "fallback", "pairs", "generated"),
-    ("band/filtered_fraction", "band_out", "band_scored", "band_scored"),
-    ("band/margin_mean", "band_margin", "band_scored", "band_scored"),
-    ("chosen/mean_length", "chosen_length", "chosen", "chosen"),
-    ("chosen/cut_off_fraction", "chosen_cut_off", "chosen", "chosen"),
-)
-"""Per-batch metrics (metric, numerator, denominator, logged when this count is nonzero) from `_step_stats`."""
-
-
-class _KeepExamples:
-    """Online mode: hand the tokenized examples to `_prepare_inputs`, which adds the negatives."""
-
-    def __call__(self, examples: list[dict]) -> dict:
-        return {"negteacher_examples": examples}
 
 
 class NegativeTeacherTrainer(DPOTrainer):
@@ -139,12 +116,11 @@ class NegativeTeacherTrainer(DPOTrainer):
                 self.chosen_source.release()
             del chosen
         else:
-            # The rejected side is written in `_prepare_inputs`; an empty answer renders, after TRL's
-            # tokenization, to exactly the end-of-answer tokens that follow a generated one.
+            # The rejected side is written in `_prepare_inputs` (online.py).
             keep = args.keep_dataset_rejected
-            train_rows = _online_rows(train_rows, keep)
-            eval_rows = None if eval_rows is None else _online_rows(eval_rows, keep)
-            kwargs.setdefault("data_collator", _KeepExamples())
+            train_rows = online_rows(train_rows, keep)
+            eval_rows = None if eval_rows is None else online_rows(eval_rows, keep)
+            kwargs.setdefault("data_collator", KeepExamples())
         super().__init__(
             model=model, args=args, train_dataset=Dataset.from_list(train_rows),
             eval_dataset=None if eval_rows is None else Dataset.from_list(eval_rows),
@@ -170,12 +146,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         )
         self.dataset_name = "custom"
         self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
-        # example key -> (step generated, the chosen answer, exactly num_negatives negatives)
-        self._negative_cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
-        self._step_stats: Counter[str] = Counter()  # this batch's negative statistics, reduced over processes
-        self._generation_seconds = 0.0
-        self._generation_step, self._calls_this_step = -1, 0
-        self.generation_calls = 0
+        self.online = OnlinePairs(self)
 
     def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig, split: str,
                       chosen: OfflineChosen | None) -> list[dict]:
@@ -241,11 +212,11 @@ class NegativeTeacherTrainer(DPOTrainer):
             self.follow_policy()
         if adjust:
             self.adjust_strength()
-        self._generation_seconds = 0.0
+        self.online.generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        if self.args.negatives_mode == "online" and self._uses_negatives:
-            share = self._generation_seconds / (time.perf_counter() - start)
+        if self.args.negatives_mode == "online" and self.online.uses_negatives:
+            share = self.online.generation_seconds / (time.perf_counter() - start)
             share = self.accelerator.reduce(torch.tensor(share, device=self.accelerator.device), reduction="mean")
             self.log_metric("negatives/generation_time_share", share.item())
         return loss
@@ -280,16 +251,14 @@ class NegativeTeacherTrainer(DPOTrainer):
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
             examples = inputs["negteacher_examples"]
-            if self._uses_negatives or not reads_reference(self.chosen_source):
-                examples = self._with_negatives(examples)
+            if self.online.uses_negatives or not reads_reference(self.chosen_source):
+                examples = self.online.pairs(examples)
             inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
 
-    @property
-    def _uses_negatives(self) -> bool:
-        """False for losses that never read the rejected side (`sft`, and registered terms that say so):
-        then nothing is generated."""
-        return reads_rejected(self.args.loss_type)
+    def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
+        """For a chosen source: this batch's `chosen/mean_length` and `chosen/cut_off_fraction`."""
+        self.online.count_chosen(answers, complete)
 
     # Loss terms beside TRL's (losses.py) ---------------------------------------------------------------
 
@@ -313,141 +282,6 @@ class NegativeTeacherTrainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         if "negteacher_fixed" not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, "negteacher_fixed"]
-
-    def _with_negatives(self, examples: list[dict]) -> list[dict]:
-        """Examples with teacher negatives as `rejected_ids`, exactly `num_negatives` per example, so every
-        process holds the same number of pairs (TRL gathers per-pair tensors across processes). Cached
-        negatives younger than `refresh_every` steps are reused, the others generated in one batched call.
-        Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged. With a
-        loss that never reads the rejected side (`sft` alone) only the chosen answer is written, one pair per
-        example with an empty rejected placeholder."""
-        fixed = [e for e in examples if e.get("negteacher_fixed")]
-        examples = [e for e in examples if not e.get("negteacher_fixed")]
-        args: NegativeTeacherConfig = self.args
-        step = self.state.global_step
-        keys = [example_key(e) for e in examples]
-        stale = [i for i, key in enumerate(keys)
-                 if key not in self._negative_cache or step - self._negative_cache[key][0] >= args.refresh_every]
-        if stale:
-            self._generate_for([examples[i] for i in stale], [keys[i] for i in stale])
-        out = []
-        for example, key in zip(examples, keys, strict=True):
-            suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
-            _, chosen, negatives = self._negative_cache[key]
-            for negative in negatives:
-                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
-                            "rejected_ids": negative + suffix})
-                self._step_stats["length"] += len(negative)
-        if self._uses_negatives:
-            self._step_stats["pairs"] += len(out)
-            self._step_stats["prompts"] += len(examples)
-        self._log_negative_stats()
-        return out + fixed
-
-    def _log_negative_stats(self) -> None:
-        """This call's negative statistics, summed over processes (every process calls this once per batch)."""
-        names = sorted({n for ratio in STEP_RATIOS for n in ratio[1:]} | {"reference_logprob", "reference_tokens"})
-        local = torch.tensor([float(self._step_stats[n]) for n in names], device=self.accelerator.device)
-        total = dict(zip(names, self.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
-        self._step_stats.clear()
-        metrics = self._metrics["train" if self.model.training else "eval"]
-        for metric, numerator, denominator, when in STEP_RATIOS:
-            if total[when]:
-                metrics[metric].append(total[numerator] / total[denominator])
-        if total["reference_tokens"]:
-            metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
-
-    def _in_band(self, passing: dict[int, list[list[int]]], prompts, chosen, examples) -> dict[int, list[list[int]]]:
-        """The candidates whose pair margin under the current policy lies in the configured band."""
-        flat = [(i, candidate) for i, candidates in passing.items() for candidate in candidates]
-        if not flat:
-            return passing
-        margins = pair_margins(self, [prompts[i] for i, _ in flat], [chosen[i] for i, _ in flat],
-                               [c for _, c in flat], [examples[i]["rejected_ids"] for i, _ in flat])
-        inside: dict[int, list[list[int]]] = {i: [] for i in passing}
-        for (i, candidate), margin in zip(flat, margins, strict=True):
-            if in_band(margin, self.args.band_min_margin, self.args.band_max_margin):
-                inside[i].append(candidate)
-            else:
-                self._step_stats["band_out"] += 1
-            self._step_stats["band_scored"] += 1
-            self._step_stats["band_margin"] += margin
-        return inside
-
-    def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
-        """A chosen source's statistics for this batch's log: `chosen/mean_length`, `chosen/cut_off_fraction`."""
-        self._step_stats["chosen"] += len(answers)
-        self._step_stats["chosen_length"] += sum(len(a) for a in answers)
-        self._step_stats["chosen_cut_off"] += sum(not c for c in complete)
-
-    def _next_seed(self) -> int:
-        """The next negatives call's seed: a function of (process, step, call within the step) only, so a
-        resumed run samples as the original did."""
-        if self._generation_step != self.state.global_step:
-            self._generation_step, self._calls_this_step = self.state.global_step, 0
-        self._calls_this_step += 1
-        return self._seed(self._calls_this_step - 1)
-
-    def _seed(self, call: int) -> int:
-        """Call -1 is the chosen source's (one per batch), 0, 1, ... the negative source's."""
-        return (self.args.generation_settings().seed + 1_000_003 * self.accelerator.process_index
-                + 7919 * self.state.global_step + 104_729 * call)
-
-    @torch.no_grad()
-    def _generate_for(self, examples: list[dict], keys: list[str]) -> None:
-        """The chosen answer (from `self.chosen_source`) and exactly `num_negatives` negatives (from
-        `self.negative_source`) per example into the cache: filtered candidates are asked for again up to
-        `negatives_max_tries` calls, then filled from the filtered candidates (counted as fallbacks)."""
-        args: NegativeTeacherConfig = self.args
-        start = time.perf_counter()
-        settings = args.generation_settings()
-        self.generation_calls += 1
-        prompts = [e["prompt_ids"] for e in examples]
-        references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
-        chosen = self.chosen_source.answers(self, SourceRequest(
-            prompts=prompts, references=references, n=1, seed=self._seed(-1), settings=settings, examples=examples))
-        if not self._uses_negatives:
-            for i, key in enumerate(keys):
-                self._negative_cache[key] = (self.state.global_step, chosen[i], [[]])
-            self._generation_seconds += time.perf_counter() - start
-            return
-        generated_before, filtered_before = self.negative_filter.counts["generated"], self.negative_filter.filtered
-        kept: list[list[list[int]]] = [[] for _ in examples]
-        candidates: list[list[list[int]]] = [[] for _ in examples]
-        short = list(range(len(examples)))
-        for _ in range(args.negatives_max_tries):
-            request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
-                                    n=args.num_negatives, seed=self._next_seed(), settings=settings,
-                                    examples=[examples[i] for i in short])
-            passing = {}
-            for i, new in zip(short, self.negative_source.candidates(self, request), strict=True):
-                candidates[i] += new
-                passing[i] = self.negative_filter.apply(new, chosen[i], kept[i])
-            if args.band_min_margin is not None or args.band_max_margin is not None:
-                passing = self._in_band(passing, prompts, chosen, examples)
-            for i, good in passing.items():
-                kept[i] += good
-            short = [i for i in short if len(kept[i]) < args.num_negatives]
-            if not short:
-                break
-        if short:
-            logger.info("negatives: %d of %d prompts still short after %d tries; filled from filtered candidates",
-                        len(short), len(examples), args.negatives_max_tries)
-        for i, key in enumerate(keys):
-            missing = args.num_negatives - len(kept[i])
-            if missing > 0:
-                kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
-                self._step_stats["fallback"] += missing
-            self._negative_cache[key] = (self.state.global_step, chosen[i], kept[i][: args.num_negatives])
-        self._step_stats["generated"] += self.negative_filter.counts["generated"] - generated_before
-        self._step_stats["filtered"] += self.negative_filter.filtered - filtered_before
-        if isinstance(self.negative_source, TeacherSource):  # how far the teacher is from the references
-            with eval_mode(self.teacher):
-                scores = completion_logprobs(self.teacher, prompts, references,
-                                             pad_token_id=self._tokenizer.pad_token_id, batch_size=settings.batch_size)
-            self._step_stats["reference_logprob"] += sum(score for score, _ in scores)
-            self._step_stats["reference_tokens"] += sum(n for _, n in scores)
-        self._generation_seconds += time.perf_counter() - start
 
 
 def _shards_parameters(args: NegativeTeacherConfig) -> bool:
@@ -479,17 +313,3 @@ def _as_rows(dataset, name: str) -> list[dict]:
 def _is_generated(rows: list[dict]) -> bool:
     """Rows written by `negteacher generate` (they carry their teacher metadata)."""
     return bool(rows) and "negteacher" in rows[0] and "rejected" in rows[0]
-
-
-def _online_rows(rows: list[dict], keep_dataset_rejected: bool) -> list[dict]:
-    """Preference rows whose rejected side is a placeholder for the teacher's answer, plus, when
-    kept, each dataset's own rejected answer as a fixed extra pair."""
-    out = []
-    for row in rows:
-        base = preference_row(row)
-        dataset_rejected = base.pop("rejected", None)
-        empty = [{"role": "assistant", "content": ""}] if isinstance(base["chosen"], list) else ""
-        out.append({**base, "rejected": empty, "negteacher_fixed": False})
-        if keep_dataset_rejected and dataset_rejected is not None:
-            out.append({**base, "rejected": dataset_rejected, "negteacher_fixed": True})
-    return out

@@ -1,0 +1,214 @@
+"""Online pairs: each batch's chosen answer and negatives, written while training, cached and counted."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+
+import torch
+
+from ..data.rows import preference_row
+from ..logprobs import completion_logprobs
+from ..models import eval_mode
+from .band import in_band, pair_margins
+from .losses import reads_rejected
+from .negative_sources import SourceRequest, TeacherSource, cut_suffix, example_key
+
+logger = logging.getLogger(__name__)
+
+STEP_RATIOS = (
+    ("negatives/mean_length", "length", "pairs", "pairs"),
+    ("negatives/pairs_per_prompt", "pairs", "prompts", "pairs"),
+    ("negatives/filtered_fraction", "filtered", "generated", "generated"),
+    ("negatives/fallback_fraction", "fallback", "pairs", "generated"),
+    ("band/filtered_fraction", "band_out", "band_scored", "band_scored"),
+    ("band/margin_mean", "band_margin", "band_scored", "band_scored"),
+    ("chosen/mean_length", "chosen_length", "chosen", "chosen"),
+    ("chosen/cut_off_fraction", "chosen_cut_off", "chosen", "chosen"),
+)
+"""Per-batch metrics (metric, numerator, denominator, logged when this count is nonzero) from `OnlinePairs.stats`."""
+
+
+class KeepExamples:
+    """The online collator: hand the tokenized examples to the trainer's `_prepare_inputs`, which adds the pairs."""
+
+    def __call__(self, examples: list[dict]) -> dict:
+        return {"negteacher_examples": examples}
+
+
+def online_rows(rows: list[dict], keep_dataset_rejected: bool) -> list[dict]:
+    """Preference rows whose rejected side is a placeholder for the teacher's answer, plus, when
+    kept, each dataset's own rejected answer as a fixed extra pair. An empty answer renders, after TRL's
+    tokenization, to exactly the end-of-answer tokens that follow a generated one."""
+    out = []
+    for row in rows:
+        base = preference_row(row)
+        dataset_rejected = base.pop("rejected", None)
+        empty = [{"role": "assistant", "content": ""}] if isinstance(base["chosen"], list) else ""
+        out.append({**base, "rejected": empty, "negteacher_fixed": False})
+        if keep_dataset_rejected and dataset_rejected is not None:
+            out.append({**base, "rejected": dataset_rejected, "negteacher_fixed": True})
+    return out
+
+
+class OnlinePairs:
+    """A `NegativeTeacherTrainer`'s online pairs: the chosen answer (its `chosen_source`) and exactly
+    `num_negatives` negatives (its `negative_source`, filtered, optionally kept in the band) per example,
+    cached for `refresh_every` steps, with the per-batch statistics of `STEP_RATIOS`."""
+
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+        self.cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
+        """example key -> (step generated, the chosen answer, exactly num_negatives negatives)"""
+        self.stats: Counter[str] = Counter()  # this batch's statistics, reduced over processes when logged
+        self.generation_seconds = 0.0
+        self.generation_calls = 0
+        self._step, self.calls_this_step = -1, 0
+
+    @property
+    def uses_negatives(self) -> bool:
+        """False for losses that never read the rejected side (`sft`, and registered terms that say so):
+        then only the chosen answer is written."""
+        return reads_rejected(self.trainer.args.loss_type)
+
+    def pairs(self, examples: list[dict]) -> list[dict]:
+        """Examples with negatives as `rejected_ids`, exactly `num_negatives` per example, so every
+        process holds the same number of pairs (TRL gathers per-pair tensors across processes). Cached
+        pairs younger than `refresh_every` steps are reused, the others generated in one batched call.
+        Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged. With a
+        loss that never reads the rejected side (`sft` alone) only the chosen answer is written, one pair per
+        example with an empty rejected placeholder."""
+        fixed = [e for e in examples if e.get("negteacher_fixed")]
+        examples = [e for e in examples if not e.get("negteacher_fixed")]
+        step = self.trainer.state.global_step
+        keys = [example_key(e) for e in examples]
+        stale = [i for i, key in enumerate(keys)
+                 if key not in self.cache or step - self.cache[key][0] >= self.trainer.args.refresh_every]
+        if stale:
+            self.generate([examples[i] for i in stale], [keys[i] for i in stale])
+        out = []
+        for example, key in zip(examples, keys, strict=True):
+            suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
+            _, chosen, negatives = self.cache[key]
+            for negative in negatives:
+                out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
+                            "rejected_ids": negative + suffix})
+                self.stats["length"] += len(negative)
+        if self.uses_negatives:
+            self.stats["pairs"] += len(out)
+            self.stats["prompts"] += len(examples)
+        self.log_stats()
+        return out + fixed
+
+    def log_stats(self) -> None:
+        """This batch's statistics, summed over processes (every process calls this once per batch)."""
+        trainer = self.trainer
+        names = sorted({n for ratio in STEP_RATIOS for n in ratio[1:]} | {"reference_logprob", "reference_tokens"})
+        local = torch.tensor([float(self.stats[n]) for n in names], device=trainer.accelerator.device)
+        total = dict(zip(names, trainer.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
+        self.stats.clear()
+        metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+        for metric, numerator, denominator, when in STEP_RATIOS:
+            if total[when]:
+                metrics[metric].append(total[numerator] / total[denominator])
+        if total["reference_tokens"]:
+            metrics["teacher/reference_ppl"].append(math.exp(-total["reference_logprob"] / total["reference_tokens"]))
+
+    def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
+        """A chosen source's statistics for this batch's log: `chosen/mean_length`, `chosen/cut_off_fraction`."""
+        self.stats["chosen"] += len(answers)
+        self.stats["chosen_length"] += sum(len(a) for a in answers)
+        self.stats["chosen_cut_off"] += sum(not c for c in complete)
+
+    def next_seed(self) -> int:
+        """The next negatives call's seed: a function of (process, step, call within the step) only, so a
+        resumed run samples as the original did."""
+        if self._step != self.trainer.state.global_step:
+            self._step, self.calls_this_step = self.trainer.state.global_step, 0
+        self.calls_this_step += 1
+        return self.seed(self.calls_this_step - 1)
+
+    def seed(self, call: int) -> int:
+        """Call -1 is the chosen source's (one per batch), 0, 1, ... the negative source's."""
+        trainer = self.trainer
+        return (trainer.args.generation_settings().seed + 1_000_003 * trainer.accelerator.process_index
+                + 7919 * trainer.state.global_step + 104_729 * call)
+
+    @torch.no_grad()
+    def generate(self, examples: list[dict], keys: list[str]) -> None:
+        """The chosen answer and exactly `num_negatives` negatives per example into the cache: filtered
+        candidates are asked for again up to `negatives_max_tries` calls, then filled from the filtered
+        candidates (counted as fallbacks)."""
+        trainer, args = self.trainer, self.trainer.args
+        start = time.perf_counter()
+        settings = args.generation_settings()
+        self.generation_calls += 1
+        step = trainer.state.global_step
+        prompts = [e["prompt_ids"] for e in examples]
+        references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
+        chosen = trainer.chosen_source.answers(trainer, SourceRequest(
+            prompts=prompts, references=references, n=1, seed=self.seed(-1), settings=settings, examples=examples))
+        if not self.uses_negatives:
+            for i, key in enumerate(keys):
+                self.cache[key] = (step, chosen[i], [[]])
+            self.generation_seconds += time.perf_counter() - start
+            return
+        negative_filter = trainer.negative_filter
+        generated_before, filtered_before = negative_filter.counts["generated"], negative_filter.filtered
+        kept: list[list[list[int]]] = [[] for _ in examples]
+        candidates: list[list[list[int]]] = [[] for _ in examples]
+        short = list(range(len(examples)))
+        for _ in range(args.negatives_max_tries):
+            request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
+                                    n=args.num_negatives, seed=self.next_seed(), settings=settings,
+                                    examples=[examples[i] for i in short])
+            passing = {}
+            for i, new in zip(short, trainer.negative_source.candidates(trainer, request), strict=True):
+                candidates[i] += new
+                passing[i] = negative_filter.apply(new, chosen[i], kept[i])
+            if args.band_min_margin is not None or args.band_max_margin is not None:
+                passing = self._in_band(passing, prompts, chosen, examples)
+            for i, good in passing.items():
+                kept[i] += good
+            short = [i for i in short if len(kept[i]) < args.num_negatives]
+            if not short:
+                break
+        if short:
+            logger.info("negatives: %d of %d prompts still short after %d tries; filled from filtered candidates",
+                        len(short), len(examples), args.negatives_max_tries)
+        for i, key in enumerate(keys):
+            missing = args.num_negatives - len(kept[i])
+            if missing > 0:
+                kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
+                self.stats["fallback"] += missing
+            self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
+        self.stats["generated"] += negative_filter.counts["generated"] - generated_before
+        self.stats["filtered"] += negative_filter.filtered - filtered_before
+        if isinstance(trainer.negative_source, TeacherSource):  # how far the teacher is from the references
+            with eval_mode(trainer.teacher):
+                scores = completion_logprobs(trainer.teacher, prompts, references,
+                                             pad_token_id=trainer._tokenizer.pad_token_id,
+                                             batch_size=settings.batch_size)
+            self.stats["reference_logprob"] += sum(score for score, _ in scores)
+            self.stats["reference_tokens"] += sum(n for _, n in scores)
+        self.generation_seconds += time.perf_counter() - start
+
+    def _in_band(self, passing: dict[int, list[list[int]]], prompts, chosen, examples) -> dict[int, list[list[int]]]:
+        """The candidates whose pair margin under the current policy lies in the configured band."""
+        flat = [(i, candidate) for i, candidates in passing.items() for candidate in candidates]
+        if not flat:
+            return passing
+        args = self.trainer.args
+        margins = pair_margins(self.trainer, [prompts[i] for i, _ in flat], [chosen[i] for i, _ in flat],
+                               [c for _, c in flat], [examples[i]["rejected_ids"] for i, _ in flat])
+        inside: dict[int, list[list[int]]] = {i: [] for i in passing}
+        for (i, candidate), margin in zip(flat, margins, strict=True):
+            if in_band(margin, args.band_min_margin, args.band_max_margin):
+                inside[i].append(candidate)
+            else:
+                self.stats["band_out"] += 1
+            self.stats["band_scored"] += 1
+            self.stats["band_margin"] += margin
+        return inside
