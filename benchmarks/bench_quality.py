@@ -346,7 +346,8 @@ def main() -> None:
             f"{git_commit()} (runs scored at {', '.join(sorted(commits))}); the runs in these tables took "
             f"{compute / 60:.0f} min to train and score (recorded per run; model loading not counted), this "
             f"invocation {time.perf_counter() - start:.0f} s (finished runs are reused). Seeds: {seeds}; with one "
-            "seed the intervals cover the held-out rows only, not training-seed variance.")
+            f"seed the intervals cover the {'validation' if args.validation else 'held-out'} rows only, not "
+            "training-seed variance.")
     text = "\n\n".join([lead, *sections])
     atomic_write_text(output / "quality.md", text + "\n")
     print(text)
