@@ -17,9 +17,10 @@ teacher is `NegativeTeacherTrainer` with its recipe's defaults (sigmoid + sft, t
 Every model is scored on every held-out row of its task (answer perplexity), on all 500 `reverse-eval`
 multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
 reward), and on the greedy answers to the first 300 held-out prompts. Each finished run is saved under
-`--output` and reused when the script runs again (an interrupted benchmark resumes); the tables are
-written to `quality.md` there and printed. `--validation N` scores on the training split's last N rows instead
-(never trained on), where settings are chosen before the held-out rows are scored once.
+`--output`, its greedy answers with it, and reused when the script runs again (an interrupted benchmark
+resumes); the tables are written to `quality.md` there and printed. `--validation N` scores on the training
+split's last N rows instead (never trained on), where settings are chosen before the held-out rows are scored
+once.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives)
     scored = score_variant(model, tokenizer, data, engines=["builtin"], window=1, stride=1,
                            batch_size=quality.batch_size, quality=quality, negatives=negatives)
     return {"metrics": scored.row.metrics, "score_seconds": time.perf_counter() - start, "commit": git_commit(),
-            "rows": {group: {k: v.tolist() for k, v in arrays.items()} for group, arrays in scored.rows.items()}}
+            "rows": {group: {k: v.tolist() for k, v in arrays.items()} for group, arrays in scored.rows.items()},
+            "answers": [record["answers"] for record in scored.generations]}
 
 
 def rows_of(result: dict) -> dict:
