@@ -38,6 +38,41 @@ def test_sections_flatten_and_command_line_overrides_win():
     assert same.max_steps == 3 and same.loss_type == ["sigmoid", "sft"]
 
 
+
+def _recipe_with(tmp_path, **sections) -> Path:
+    """The default SmolLM2 recipe with `sections`' fields added, written to tmp_path."""
+    raw = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "negteacher.yaml").read_text())
+    for section, fields in sections.items():
+        raw[section] |= fields
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "r.yaml"
+
+
+def test_the_teacher_and_pair_options_of_a_recipe_reach_the_config(tmp_path):
+    """The following teacher, the band, the strength feedback, the losses for weak-vs-weaker pairs and the
+    prompt-only sources are plain recipe fields."""
+    recipe = _recipe_with(tmp_path, teacher={"teacher_follow_every": 4, "band_min_margin": 0.1, "band_max_margin": 1.5,
+                                             "chosen_source": "checkpoint", "chosen_num_samples": 4},
+                          training={"loss_type": ["sigmoid_norm"], "beta": 5.0}, dataset={"drop_references": True})
+    _, data_args, args = parse(TYPES, [str(recipe)], "test")
+    assert (args.teacher_follow_every, args.band_min_margin, args.band_max_margin) == (4, 0.1, 1.5)
+    assert (args.chosen_source, args.chosen_num_samples, args.loss_type, args.beta) == ("checkpoint", 4,
+                                                                                       ["sigmoid_norm"], 5.0)
+    assert data_args.drop_references
+    recipe = _recipe_with(tmp_path, teacher={"teacher_strength_target": 0.8, "teacher_adjust_every": 2})
+    args = parse(TYPES, [str(recipe)], "test")[2]
+    assert (args.teacher_strength_target, args.teacher_adjust_every, args.teacher_follow_every) == (0.8, 2, 0)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"teacher_follow_every": 4, "teacher_strength_target": 0.8}, r"strength_target needs .*no teacher_follow_every"),
+    ({"band_min_margin": 2.0, "band_max_margin": 1.0}, r"band_min_margin=2.0 must be below band_max_margin=1.0"),
+    ({"teacher_follow_every": 4, "negatives_mode": "offline"}, r"teacher_follow_every needs negatives_mode=online"),
+])
+def test_conflicting_teacher_options_in_a_recipe_are_one_error(tmp_path, fields, message):
+    with pytest.raises(RecipeError, match=message):
+        parse(TYPES, [str(_recipe_with(tmp_path, teacher=fields))], "test")
+
 @pytest.mark.parametrize("text, message", [
     ("teacher:\n  teacher_quantiser: int3\n", r"unknown key 'teacher.teacher_quantiser'"),
     ("max_steps: ten\n", r"key 'max_steps' = 'ten' is not of type int"),
