@@ -228,6 +228,10 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
     if sft:
         lines += ["", *difference_table("method - SFT", {m: r for m, r in results.items() if m != UNTRAINED},
                                         METHODS["sft"], shown, scored)]
+    teacher, sft_label = METHODS["teacher"], METHODS["sft"]
+    variants = {m: r for m, r in results.items() if m not in (UNTRAINED, sft_label)}
+    if teacher in variants and len(variants) > 1:  # the following teacher, the band, ...: against the fixed one
+        lines += ["", *difference_table("method - the fixed teacher", variants, teacher, shown, scored)]
     return "\n".join(lines)
 
 
