@@ -38,7 +38,6 @@ def test_sections_flatten_and_command_line_overrides_win():
     assert same.max_steps == 3 and same.loss_type == ["sigmoid", "sft"]
 
 
-
 def _recipe_with(tmp_path, **sections) -> Path:
     """The default SmolLM2 recipe with `sections`' fields added, written to tmp_path."""
     raw = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "negteacher.yaml").read_text())
@@ -72,6 +71,7 @@ def test_the_teacher_and_pair_options_of_a_recipe_reach_the_config(tmp_path):
 def test_conflicting_teacher_options_in_a_recipe_are_one_error(tmp_path, fields, message):
     with pytest.raises(RecipeError, match=message):
         parse(TYPES, [str(_recipe_with(tmp_path, teacher=fields))], "test")
+
 
 @pytest.mark.parametrize("text, message", [
     ("teacher:\n  teacher_quantiser: int3\n", r"unknown key 'teacher.teacher_quantiser'"),
