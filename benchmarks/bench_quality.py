@@ -68,14 +68,18 @@ class Task:
     heldout: str
     max_new_tokens: int
     shown: tuple[str, ...]
+    chosen_max_new_tokens: int | None = None
+    """Prompt-only methods' chosen answers (None: `NEGATIVE_SAMPLING`'s limit); long enough to end."""
 
 
 COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin")
 TASKS = {"reverse": Task("bundled:reverse-train", "bundled:reverse-eval", 8, (*COMMON_METRICS, "exact_match",
                                                                            "accepted_match")),
          "definitions": Task("bundled:train", "bundled:eval", 48, (*COMMON_METRICS, "rougeL", "chrF",
-                                                                   "cut_off_fraction"))}
-"""The crisp task first: a reverse-dictionary answer is plainly right or wrong."""
+                                                                   "cut_off_fraction"), chosen_max_new_tokens=80)}
+"""The crisp task first: a reverse-dictionary answer is plainly right or wrong. The untrained model's definitions
+run past 32 tokens (the negatives' limit) 92-100% of the time: their chosen side gets 80 (prompt + answer fit in
+`max_length` 128)."""
 METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "teacher": "negteacher, the model's calibrated teacher (sigmoid + sft)",
            "int4": "negteacher, int4 teacher (weaker)",
@@ -150,17 +154,22 @@ def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: 
 
 
 def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int, steps: int, teacher: str,
-                     weights, work: Path):
+                     weights, work: Path, chosen_max_new_tokens: int | None = None):
     fields = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
                   negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=teacher)
     fields |= METHOD_FIELDS.get(method, {})
-    if fields.get("chosen_source", "reference") != "reference":
+    if prompt_only(method):
         rows = [without_reference(row) for row in rows]
+        fields["chosen_max_new_tokens"] = chosen_max_new_tokens
     return NegativeTeacherTrainer(policy, NegativeTeacherConfig(**fields), rows, processing_class=tokenizer,
                                   peft_config=lora(), teacher_weights=weights)
+
+
+def prompt_only(method: str) -> bool:
+    return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
 
 
 def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives) -> dict:
@@ -188,8 +197,10 @@ def git_commit() -> str:
 
 
 def run_file(output: Path, model_key: str, task: str, method: str, steps: int, seed: int, nf4: bool,
-             sizes: str) -> Path:
+             sizes: str, chosen_max_new_tokens: int | None = None) -> Path:
     slug = re.sub(r"\W+", "_", METHODS.get(method, method)).strip("_")  # a relabelled method never reuses results
+    if prompt_only(method) and chosen_max_new_tokens is not None:
+        slug += f"-chosen_tokens={chosen_max_new_tokens}"
     return output / model_key / task / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-{sizes}.json"
 
 
@@ -278,13 +289,14 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     for method in args.methods:
         results[METHODS[method]] = []
         for seed in args.seeds:
-            result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes)
+            result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes,
+                                   task.chosen_max_new_tokens)
             if not result_file.is_file():
                 work = output / "adapters" / model_key / task_dir / result_file.stem
                 policy = load_policy(source, nf4)
                 trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft" else
                            train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps, teacher_spec,
-                                            weights, work))
+                                            weights, work, task.chosen_max_new_tokens))
                 start = time.perf_counter()
                 trainer.train()
                 seconds = time.perf_counter() - start
@@ -295,6 +307,10 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                                 "train_seconds": seconds})
             results[METHODS[method]].append(json.loads(result_file.read_text()))
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
+    preference += f"; training negatives of at most {NEGATIVE_SAMPLING.max_new_tokens} tokens"
+    if any(prompt_only(m) for m in args.methods):
+        preference += (f", prompt-only chosen answers of at most "
+                       f"{task.chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens}")
     choices_from = (f"the last {args.validation} rows of {VALIDATION_CHOICE_ROWS}" if args.validation
                     else CHOICE_ROWS)
     title = (f"{model_key}, {task_key} ({task.train} -> {scored}): {described}, "

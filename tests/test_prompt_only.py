@@ -82,6 +82,26 @@ def test_policy_greedy_answers_are_chosen_and_prompts_alone_train(tiny_chat_mode
     assert moved(trainer)
 
 
+def test_chosen_answers_have_their_own_length_limit(tiny_chat_model, smol_tokenizer, tmp_path):
+    untrained = copy.deepcopy(tiny_chat_model).eval()
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, chosen_max_new_tokens=11), PROMPTS[:4],
+                                     processing_class=smol_tokenizer, peft_config=lora())
+    requests = recorded_requests(trainer)
+    trainer.online.pairs([dict(e) for e in trainer.train_dataset])
+    request = requests[0]
+    assert request.settings.max_new_tokens == 11 and trainer.args.generation_settings().max_new_tokens == 6
+    greedy = dataclasses.replace(request.settings, temperature=0.0)
+    expected = generate_negative_ids(untrained, request.prompts, greedy, seed=request.seed,
+                                     pad_token_id=smol_tokenizer.pad_token_id,
+                                     stop_token_ids=stop_token_ids(smol_tokenizer, untrained))
+    assert max(len(a) for (a,) in expected) > 6  # the test tells the two limits apart
+    cached = list(trainer.online.cache.values())
+    assert sorted(chosen for _, chosen, _ in cached) == sorted(a for (a,) in expected)
+    assert all(len(negative) <= 6 for _, _, negatives in cached for negative in negatives)
+    with pytest.raises(ConfigError, match="chosen_max_new_tokens=0 must be >= 1"):
+        config(tmp_path, chosen_max_new_tokens=0)
+
+
 def test_best_of_n_is_chosen_by_the_policys_length_normalized_log_probability(tiny_chat_model, smol_tokenizer,
                                                                                tmp_path):
     untrained = copy.deepcopy(tiny_chat_model).eval()
@@ -198,20 +218,23 @@ def test_offline_pairs_choose_the_checkpoints_answer_and_say_so(tiny_chat_model,
         for parameter in policy.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.05)
     drifted = copy.deepcopy(policy).eval()
-    args = config(tmp_path, negatives_mode="offline", chosen_source="checkpoint", chosen_checkpoint=str(tiny_base_dir))
+    args = config(tmp_path, negatives_mode="offline", chosen_source="checkpoint", chosen_checkpoint=str(tiny_base_dir),
+                  chosen_max_new_tokens=9)
     trainer = NegativeTeacherTrainer(policy, args, PROMPTS[:4], processing_class=smol_tokenizer, peft_config=lora())
     rows = load_rows(str(tmp_path / "negatives.jsonl"))
-    greedy = dataclasses.replace(args.generation_settings(), temperature=0.0)
+    greedy = dataclasses.replace(args.generation_settings(), temperature=0.0, max_new_tokens=9)
     expected, expected_ids = greedy_answers(checkpoint, smol_tokenizer, PROMPTS[:4], greedy)
     assert expected != greedy_answers(drifted, smol_tokenizer, PROMPTS[:4], greedy)[0]  # checkpoint, not policy
     by_row = {r["negteacher"]["row"]: r for r in rows}
     for index, row in by_row.items():
         assert row["chosen"] == [{"role": "assistant", "content": expected[index]}]
         assert row["rejected"][0]["content"] != expected[index]  # negatives are filtered against the chosen side
-        complete = 0 < len(expected_ids[index]) < 6
+        complete = 0 < len(expected_ids[index]) < 9
         assert row["negteacher"]["chosen"] == {"source": "checkpoint", "num_samples": 1, "complete": complete}
-    cut_off = sum(not 0 < len(a) < 6 for a in expected_ids)
-    assert trainer.negatives_meta["chosen"] == {"source": "checkpoint", "num_samples": 1, "cut_off": cut_off}
+    assert max(len(a) for a in expected_ids) > 6  # chosen answers longer than the negatives' limit
+    cut_off = sum(not 0 < len(a) < 9 for a in expected_ids)
+    assert trainer.negatives_meta["chosen"] == {"source": "checkpoint", "num_samples": 1, "max_new_tokens": 9,
+                                                "cut_off": cut_off}
     assert trainer.chosen_source._model is None  # the second copy is not kept through training
     trainer.train()
     assert moved(trainer) and trainer.online.generation_calls == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from trl import DPOConfig
@@ -94,6 +94,10 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "chosen_source=policy or checkpoint: 1, the greedy answer; n > 1, the best of n samples "
                 "(negatives_temperature, top_p, top_k) by that model's length-normalized log-probability, complete "
                 "answers first."})
+    chosen_max_new_tokens: int | None = field(default=None, metadata={
+        "help": "chosen_source=policy or checkpoint: maximum length of a chosen answer (default: "
+                "negatives_max_new_tokens). An answer cut off at the limit teaches the policy to ramble: set it "
+                "above the answers you expect (chosen/cut_off_fraction says how many ran to it)."})
     band_min_margin: float | None = field(default=None, metadata={
         "help": "Online: a candidate pair whose implicit reward margin beta [(log pi - log pi_ref)(chosen) - (same)"
                 "(rejected)] under the current policy is below this is too hard: resampled like a filtered negative "
@@ -151,8 +155,8 @@ class NegativeTeacherConfig(DPOConfig):
         except ValueError as error:
             raise ConfigError(str(error)) from None
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
-                     "teacher_token_top_k", "negatives_max_tries", "chosen_num_samples"):
-            if getattr(self, name) < 1:
+                     "teacher_token_top_k", "negatives_max_tries", "chosen_num_samples", "chosen_max_new_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
         if self.chosen_num_samples > 1 and self.negatives_temperature <= 0:
             raise ConfigError(f"chosen_num_samples={self.chosen_num_samples} with negatives_temperature=0 (greedy) "
@@ -227,3 +231,10 @@ class NegativeTeacherConfig(DPOConfig):
             seed=self.seed if self.negatives_seed is None else self.negatives_seed,
             batch_size=self.generation_batch_size,
         )
+
+    def chosen_generation_settings(self) -> GenerationSettings:
+        """The chosen model's sampling: the negatives' settings, with `chosen_max_new_tokens` when given."""
+        settings = self.generation_settings()
+        if self.chosen_max_new_tokens is None:
+            return settings
+        return replace(settings, max_new_tokens=self.chosen_max_new_tokens)

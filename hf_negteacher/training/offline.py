@@ -41,6 +41,8 @@ class OfflineChosen:
     model: object
     num_samples: int = 1
     """Greedy when 1, else the best of that many samples by the model's length-normalized log-probability."""
+    max_new_tokens: int | None = None
+    """The longest chosen answer (None: the negatives' `max_new_tokens`)."""
 
 
 def offline_chosen(source, policy, args) -> OfflineChosen | None:
@@ -51,7 +53,8 @@ def offline_chosen(source, policy, args) -> OfflineChosen | None:
     if not hasattr(source, "answer_model"):
         raise ValueError(f"chosen source {source.name!r} has no `answer_model(policy, args)`: negatives_mode=offline "
                          "needs the model that writes the chosen answers")
-    return OfflineChosen(source.name, source.answer_model(policy, args), args.chosen_num_samples)
+    return OfflineChosen(source.name, source.answer_model(policy, args), args.chosen_num_samples,
+                         args.chosen_generation_settings().max_new_tokens)
 
 
 def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs: Sequence[PromptAnswer],
@@ -63,7 +66,8 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
 
     The chosen side is each row's reference, or with `chosen` that model's answer (prompt-only rows are then
     accepted); its row metadata says which source wrote it and whether it was complete (ended before
-    `settings.max_new_tokens`), and the file's metadata counts the cut-off ones.
+    `chosen.max_new_tokens`, by default `settings.max_new_tokens`), and the file's metadata counts the cut-off
+    ones.
 
     `pairs[i]` is `rows[i]` rendered for the model (see `formats.validate_rows`). Returns the
     metadata: settings, fingerprint, rows written and filter counts. An existing complete file with
@@ -80,6 +84,7 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     identity = [model_identity(teacher, tokenizer)]
     if chosen is not None:
         identity.append({"chosen": chosen.source, "num_samples": chosen.num_samples,
+                         "max_new_tokens": chosen.max_new_tokens or settings.max_new_tokens,
                          **model_identity(chosen.model, tokenizer), "adapter": _adapter_digest(chosen.model)})
     fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected,
                                *identity)
@@ -193,6 +198,8 @@ class _Job:
         if self.chosen is None:
             return [None] * len(batch)
         prompt_ids = [self.tokenizer(self.pairs[i].prompt, add_special_tokens=False).input_ids for i in batch]
+        if self.chosen.max_new_tokens is not None:
+            settings = dataclasses.replace(settings, max_new_tokens=self.chosen.max_new_tokens)
         picked = model_answers(self.chosen.model, self.tokenizer, prompt_ids, settings, seed=settings.seed,
                                num_samples=self.chosen.num_samples)
         return [(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), complete) for ids, complete in picked]
@@ -201,7 +208,8 @@ class _Job:
 def _chosen_meta(chosen: OfflineChosen | None, cut_off: int) -> dict:
     if chosen is None:
         return {"source": "reference"}
-    return {"source": chosen.source, "num_samples": chosen.num_samples, "cut_off": cut_off}
+    return {"source": chosen.source, "num_samples": chosen.num_samples, "max_new_tokens": chosen.max_new_tokens,
+            "cut_off": cut_off}
 
 
 def _adapter_digest(model) -> str:

@@ -149,7 +149,8 @@ class OnlinePairs:
         prompts = [e["prompt_ids"] for e in examples]
         references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
         chosen = trainer.chosen_source.answers(trainer, SourceRequest(
-            prompts=prompts, references=references, n=1, seed=self.seed(-1), settings=settings, examples=examples))
+            prompts=prompts, references=references, n=1, seed=self.seed(-1),
+            settings=args.chosen_generation_settings(), examples=examples))
         if not self.uses_negatives:
             for i, key in enumerate(keys):
                 self.cache[key] = (step, chosen[i], [[]])
