@@ -51,13 +51,14 @@ def test_the_teacher_and_pair_options_of_a_recipe_reach_the_config(tmp_path):
     """The following teacher, the band, the strength feedback, the losses for weak-vs-weaker pairs and the
     prompt-only sources are plain recipe fields."""
     recipe = _recipe_with(tmp_path, teacher={"teacher_follow_every": 4, "band_min_margin": 0.1, "band_max_margin": 1.5,
-                                             "chosen_source": "checkpoint", "chosen_num_samples": 4},
+                                             "chosen_source": "checkpoint", "chosen_num_samples": 4,
+                                             "chosen_max_new_tokens": 80},
                           training={"loss_type": ["sigmoid_norm"], "beta": 5.0}, dataset={"drop_references": True})
     _, data_args, args = parse(TYPES, [str(recipe)], "test")
     assert (args.teacher_follow_every, args.band_min_margin, args.band_max_margin) == (4, 0.1, 1.5)
     assert (args.chosen_source, args.chosen_num_samples, args.loss_type, args.beta) == ("checkpoint", 4,
                                                                                        ["sigmoid_norm"], 5.0)
-    assert data_args.drop_references
+    assert data_args.drop_references and args.chosen_generation_settings().max_new_tokens == 80
     recipe = _recipe_with(tmp_path, teacher={"teacher_strength_target": 0.8, "teacher_adjust_every": 2})
     args = parse(TYPES, [str(recipe)], "test")[2]
     assert (args.teacher_strength_target, args.teacher_adjust_every, args.teacher_follow_every) == (0.8, 2, 0)
