@@ -285,16 +285,18 @@ def test_an_offline_file_is_rewritten_when_the_chosen_models_adapter_changed(tin
     policy = get_peft_model(copy.deepcopy(tiny_chat_model), lora())
     pairs = validate_rows(PROMPTS[:2], smol_tokenizer, require_answer=False)
 
-    def fingerprint() -> str:
+    def generate() -> dict:
         return generate_preference_dataset(teacher, smol_tokenizer, PROMPTS[:2], pairs, tmp_path / "n.jsonl",
                                            settings=GenerationSettings(max_new_tokens=4),
                                            teacher_spec="int3,group_size=32", chosen=OfflineChosen("policy", policy),
-                                           progress=False)["fingerprint"]
+                                           progress=False)
 
-    first = fingerprint()
-    assert fingerprint() == first  # the same adapter: the file is reused
+    meta = generate()
+    assert meta["chosen"]["max_new_tokens"] == 4  # no limit of its own: the negatives'
+    first = meta["fingerprint"]
+    assert generate()["fingerprint"] == first  # the same adapter: the file is reused
     with torch.no_grad():
         for name, parameter in policy.named_parameters():
             if "lora_B" in name:
                 parameter.add_(0.5)
-    assert fingerprint() != first
+    assert generate()["fingerprint"] != first

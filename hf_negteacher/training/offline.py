@@ -44,6 +44,12 @@ class OfflineChosen:
     max_new_tokens: int | None = None
     """The longest chosen answer (None: the negatives' `max_new_tokens`)."""
 
+    def generation_settings(self, negatives: GenerationSettings) -> GenerationSettings:
+        """The chosen model's sampling: the negatives' `negatives`, with this side's length limit."""
+        if self.max_new_tokens is None:
+            return negatives
+        return dataclasses.replace(negatives, max_new_tokens=self.max_new_tokens)
+
 
 def offline_chosen(source, policy, args) -> OfflineChosen | None:
     """What writes the chosen side offline for the chosen source `source` and the (unwrapped, untrained)
@@ -84,7 +90,7 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     identity = [model_identity(teacher, tokenizer)]
     if chosen is not None:
         identity.append({"chosen": chosen.source, "num_samples": chosen.num_samples,
-                         "max_new_tokens": chosen.max_new_tokens or settings.max_new_tokens,
+                         "max_new_tokens": chosen.generation_settings(settings).max_new_tokens,
                          **model_identity(chosen.model, tokenizer), "adapter": _adapter_digest(chosen.model)})
     fingerprint = _fingerprint(rows, teacher_spec, generation, num_negatives, negative_filter, keep_dataset_rejected,
                                *identity)
@@ -104,7 +110,7 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     if state.is_main_process:
         _merge(parts, path, {"fingerprint": fingerprint, "teacher": teacher_spec, "generation": generation,
                              "num_negatives": num_negatives, "source_rows": len(rows), "processes": world,
-                             "chosen": _chosen_meta(chosen, 0)})
+                             "chosen": _chosen_meta(chosen, settings, 0)})
     state.wait_for_everyone()
     return json.loads(_meta_path(path).read_text())
 
@@ -184,7 +190,7 @@ class _Job:
             "fingerprint": fingerprint, "teacher": self.teacher_spec, "generation": generation,
             "num_negatives": self.num_negatives, "source_rows": len(indices), "rows_written": state["rows_written"],
             "counts": dict(negative_filter.counts), "filtered_fraction": negative_filter.filtered_fraction,
-            "chosen": _chosen_meta(self.chosen, state["chosen_cut_off"]),
+            "chosen": _chosen_meta(self.chosen, self.settings, state["chosen_cut_off"]),
         }
         os.replace(partial, path)
         atomic_write_json(_meta_path(path), meta)
@@ -198,18 +204,17 @@ class _Job:
         if self.chosen is None:
             return [None] * len(batch)
         prompt_ids = [self.tokenizer(self.pairs[i].prompt, add_special_tokens=False).input_ids for i in batch]
-        if self.chosen.max_new_tokens is not None:
-            settings = dataclasses.replace(settings, max_new_tokens=self.chosen.max_new_tokens)
+        settings = self.chosen.generation_settings(settings)
         picked = model_answers(self.chosen.model, self.tokenizer, prompt_ids, settings, seed=settings.seed,
                                num_samples=self.chosen.num_samples)
         return [(self.tokenizer.decode(ids, skip_special_tokens=True).strip(), complete) for ids, complete in picked]
 
 
-def _chosen_meta(chosen: OfflineChosen | None, cut_off: int) -> dict:
+def _chosen_meta(chosen: OfflineChosen | None, settings: GenerationSettings, cut_off: int) -> dict:
     if chosen is None:
         return {"source": "reference"}
-    return {"source": chosen.source, "num_samples": chosen.num_samples, "max_new_tokens": chosen.max_new_tokens,
-            "cut_off": cut_off}
+    return {"source": chosen.source, "num_samples": chosen.num_samples,
+            "max_new_tokens": chosen.generation_settings(settings).max_new_tokens, "cut_off": cut_off}
 
 
 def _adapter_digest(model) -> str:
