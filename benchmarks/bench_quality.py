@@ -220,7 +220,24 @@ def difference_table(title: str, results: dict[str, list[dict]], against: str, s
     return lines
 
 
-def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "held-out") -> str:
+def seed_difference_table(title: str, results: dict[str, list[dict]], against: str, shown, seeds) -> list[str]:
+    """Per seed, each method's score minus `against`'s trained with the same seed: the training-seed spread that
+    the row intervals (over seed-averaged scores) leave out. Empty with one seed."""
+    if len(seeds) < 2:
+        return []
+    lines = [f"{title}, seed by seed (seeds {' / '.join(map(str, seeds))}: each run minus the one with its seed)", "",
+             "| method | " + " | ".join(metric_label(k) for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for method, runs in results.items():
+        if method == against or len(runs) != len(results[against]):
+            continue
+        lines.append(f"| {method} | " + " | ".join(" / ".join(
+            f"{run['metrics'][k] - base['metrics'][k]:+.3g}" for run, base in zip(runs, results[against], strict=True))
+            for k in shown) + " |")
+    return ["", *lines]
+
+
+def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "held-out",
+           seeds: tuple[int, ...] = (0,)) -> str:
     shown = task.shown
     sft = results.get(METHODS["sft"])
     header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
@@ -237,12 +254,14 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
                      + " | ".join(cells) + " |")
     lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
     if sft:
-        lines += ["", *difference_table("method - SFT", {m: r for m, r in results.items() if m != UNTRAINED},
-                                        METHODS["sft"], shown, scored)]
+        trained = {m: r for m, r in results.items() if m != UNTRAINED}
+        lines += ["", *difference_table("method - SFT", trained, METHODS["sft"], shown, scored),
+                  *seed_difference_table("method - SFT", trained, METHODS["sft"], shown, seeds)]
     teacher, sft_label = METHODS["teacher"], METHODS["sft"]
     variants = {m: r for m, r in results.items() if m not in (UNTRAINED, sft_label)}
     if teacher in variants and len(variants) > 1:  # the following teacher, the band, ...: against the fixed one
-        lines += ["", *difference_table("method - the fixed teacher", variants, teacher, shown, scored)]
+        lines += ["", *difference_table("method - the fixed teacher", variants, teacher, shown, scored),
+                  *seed_difference_table("method - the fixed teacher", variants, teacher, shown, seeds)]
     return "\n".join(lines)
 
 
@@ -323,7 +342,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     runs = [r for runs in results.values() for r in runs]
     seconds = sum(r.get("train_seconds", 0) + r["score_seconds"] for r in runs)
     kind = "validation" if args.validation else "held-out"
-    return report(results, task, title, kind), {r.get("commit", "?") for r in runs}, seconds
+    return report(results, task, title, kind, tuple(args.seeds)), {r.get("commit", "?") for r in runs}, seconds
 
 
 def main() -> None:
