@@ -41,7 +41,7 @@ class TeacherUpdates:
         policy = trainer.accelerator.unwrap_model(trainer.model)
         self._rebuild(trainer, policy_weights(policy, self.spec, self.weights))
         self.built_at = trainer.state.global_step
-        trainer.log_metric("teacher/rebuilt_at_step", float(self.built_at))
+        trainer.log_metric("teacher/rebuilt_at_step", float(self.built_at), latest=True)
 
     def adjust_strength(self, trainer) -> None:
         """While the reward accuracy is above the target the pairs are too easy: step the strength down (toward
@@ -55,7 +55,7 @@ class TeacherUpdates:
             if strength != self.spec.strength:
                 self.spec = dataclasses.replace(self.spec, strength=strength)
                 self._rebuild(trainer, self.weights)
-        trainer.log_metric("teacher/strength", self.spec.strength)
+        trainer.log_metric("teacher/strength", self.spec.strength, latest=True)
 
     def _rebuild(self, trainer, weights: Mapping[str, torch.Tensor] | None) -> None:
         policy = trainer.accelerator.unwrap_model(trainer.model)

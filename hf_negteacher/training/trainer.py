@@ -231,9 +231,13 @@ class NegativeTeacherTrainer(DPOTrainer):
         `teacher_strength_target`); the teacher is rebuilt when the strength changes."""
         self.teacher_updates.adjust_strength(self)
 
-    def log_metric(self, name: str, value: float) -> None:
-        """Add `value` to this step's training log under `name` (averaged over the logging interval, as TRL's)."""
-        self._metrics["train"][name].append(value)
+    def log_metric(self, name: str, value: float, *, latest: bool = False) -> None:
+        """Add `value` to this step's training log under `name`: averaged over the logging interval, as TRL's
+        metrics, or with `latest` the interval's last value (a step or a setting, which an average would invent)."""
+        if latest:
+            self._metrics["train"][name] = [value]
+        else:
+            self._metrics["train"][name].append(value)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
