@@ -204,6 +204,11 @@ def run_file(output: Path, model_key: str, task: str, method: str, steps: int, s
     return output / model_key / task / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-{sizes}.json"
 
 
+def signed(value: float) -> str:
+    """A difference to 3 digits, with rounding noise of a mean over identical scores shown as 0."""
+    return f"{0.0 if abs(value) < 1e-12 else value:+.3g}"
+
+
 def difference_table(title: str, results: dict[str, list[dict]], against: str, shown, scored: str) -> list[str]:
     baseline = seed_mean_rows(results[against])
     lines = [f"{title}: paired bootstrap 95% interval over {scored} rows (per-row scores averaged over seeds), "
@@ -215,7 +220,8 @@ def difference_table(title: str, results: dict[str, list[dict]], against: str, s
             continue
         diffs = paired_bootstrap(seed_mean_rows(runs), baseline, resamples=2000)
         lines.append(f"| {method} | " + " | ".join(
-            f"{diffs[k].difference:+.3g} [{diffs[k].low:+.3g}, {diffs[k].high:+.3g}] ±{diffs[k].half_width:.2g}"
+            f"{signed(diffs[k].difference)} [{signed(diffs[k].low)}, {signed(diffs[k].high)}] "
+            f"±{diffs[k].half_width:.2g}"
             f"{'*' if diffs[k].excludes_zero else ''}" for k in shown) + " |")
     return lines
 
@@ -231,7 +237,7 @@ def seed_difference_table(title: str, results: dict[str, list[dict]], against: s
         if method == against or len(runs) != len(results[against]):
             continue
         lines.append(f"| {method} | " + " | ".join(" / ".join(
-            f"{run['metrics'][k] - base['metrics'][k]:+.3g}" for run, base in zip(runs, results[against], strict=True))
+            signed(run["metrics"][k] - base["metrics"][k]) for run, base in zip(runs, results[against], strict=True))
             for k in shown) + " |")
     return ["", *lines]
 
