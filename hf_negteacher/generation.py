@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +34,10 @@ class GenerationSettings:
         else:
             sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         return GenerationConfig(max_new_tokens=self.max_new_tokens, **sampling, **fields)
+
+    def with_max_new_tokens(self, max_new_tokens: int | None) -> GenerationSettings:
+        """These settings with the length limit `max_new_tokens` (None: unchanged)."""
+        return self if max_new_tokens is None else replace(self, max_new_tokens=max_new_tokens)
 
 
 # Makes a fresh logits processor for one generate call from that call's attention mask (it may keep state,

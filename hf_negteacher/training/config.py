@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from trl import DPOConfig
@@ -234,7 +234,4 @@ class NegativeTeacherConfig(DPOConfig):
 
     def chosen_generation_settings(self) -> GenerationSettings:
         """The chosen model's sampling: the negatives' settings, with `chosen_max_new_tokens` when given."""
-        settings = self.generation_settings()
-        if self.chosen_max_new_tokens is None:
-            return settings
-        return replace(settings, max_new_tokens=self.chosen_max_new_tokens)
+        return self.generation_settings().with_max_new_tokens(self.chosen_max_new_tokens)

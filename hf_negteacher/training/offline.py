@@ -46,9 +46,7 @@ class OfflineChosen:
 
     def generation_settings(self, negatives: GenerationSettings) -> GenerationSettings:
         """The chosen model's sampling: the negatives' `negatives`, with this side's length limit."""
-        if self.max_new_tokens is None:
-            return negatives
-        return dataclasses.replace(negatives, max_new_tokens=self.max_new_tokens)
+        return negatives.with_max_new_tokens(self.max_new_tokens)
 
 
 def offline_chosen(source, policy, args) -> OfflineChosen | None:
