@@ -16,9 +16,12 @@ on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, l
 teacher is `NegativeTeacherTrainer` with its recipe's defaults (sigmoid + sft, the model's calibrated teacher).
 Every model is scored on every held-out row of its task (answer perplexity), on all 500 `reverse-eval`
 multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
-reward), and on the greedy answers to the first 300 held-out prompts. Each finished run is saved under
-`--output`, its greedy answers with it, and reused when the script runs again (an interrupted benchmark
-resumes); the tables are written to `quality.md` there and printed. `--validation N` scores on the training
+reward), and on the greedy answers to the first 300 held-out prompts. Each finished run's scores are saved under
+`--output` (default `benchmarks/runs/bench_quality`, committed: later sessions and other machines add seeds to
+the same pool instead of training it again), its per-row scores and greedy answers with it, and reused when the
+script runs again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
+`runs/bench_quality/adapters`, not committed). The tables are written to `quality.md` under `--output` and
+printed. `--validation N` scores on the training
 split's last N rows instead (never trained on), where settings are chosen before the held-out rows are scored
 once.
 """
@@ -58,6 +61,7 @@ from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.spec import TeacherConfig
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RUNS = Path(__file__).resolve().parent / "runs" / "bench_quality"
 MODELS = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 """Model key -> recipe folder; the source and the calibrated teacher come from its negteacher.yaml."""
 
@@ -317,7 +321,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes,
                                    task.chosen_max_new_tokens)
             if not result_file.is_file():
-                work = output / "adapters" / model_key / task_dir / result_file.stem
+                work = Path(args.adapters) / model_key / task_dir / result_file.stem
                 policy = load_policy(source, nf4)
                 trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft" else
                            train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps, teacher_spec,
@@ -368,7 +372,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="scoring and generation batch")
     parser.add_argument("--preference", action="store_true", help="also preference accuracy vs teacher samples")
     parser.add_argument("--fp32", action="store_true", help="LoRA on the dequantized GGUF instead of NF4 QLoRA")
-    parser.add_argument("--output", default="runs/bench_quality")
+    parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
+    parser.add_argument("--adapters", default="runs/bench_quality/adapters", help="trained adapters (not committed)")
     args = parser.parse_args()
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
