@@ -16,10 +16,10 @@ on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, l
 teacher is `NegativeTeacherTrainer` with its recipe's defaults (sigmoid + sft, the model's calibrated teacher).
 Every model is scored on every held-out row of its task (answer perplexity), on all 500 `reverse-eval`
 multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
-reward), and on the greedy answers to the first 300 held-out prompts. Each finished run's scores are saved under
-`--output` (default `benchmarks/runs/bench_quality`, committed: later sessions and other machines add seeds to
-the same pool instead of training it again), its per-row scores and greedy answers with it, and reused when the
-script runs again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
+reward), and on the greedy answers to the first 300 held-out prompts. Each finished run's per-row scores and
+greedy answers are saved under `--output` (default `benchmarks/runs/bench_quality`, committed: later sessions
+and other machines add seeds to the same pool instead of training it again) and reused when the script runs
+again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
 `runs/bench_quality/adapters`, not committed). The tables are written to `quality.md` under `--output` and
 printed. `--validation N` scores on the training
 split's last N rows instead (never trained on), where settings are chosen before the held-out rows are scored
