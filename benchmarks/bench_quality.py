@@ -8,8 +8,9 @@ and two model families, with paired bootstrap intervals and their half-widths.
 
 Methods (`--methods`): `sft` and `teacher` (the default), and `int4`, `self_play`, `in_batch`, `token`,
 `follow` (the teacher rebuilt from the policy), `band` (pairs in the informative band), `strength` (strength by
-feedback), and the prompt-only modes `po_distill`, `po_self`, `po_teacher`, `po_delta`, `po_checkpoint`, which
-drop the training rows' references and choose the policy's (or the unquantized checkpoint's) best of 4.
+feedback), and the prompt-only modes `po_distill`, `po_self`, `po_self_equal` (`po_self` with the own sample
+allowed as many tokens as the chosen answer), `po_teacher`, `po_delta`, `po_checkpoint`, which drop the training
+rows' references and choose the policy's (or the unquantized checkpoint's) best of 4.
 Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the product's setting; `--fp32`: LoRA
 on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
 `--seeds` says more. SFT is `trl.SFTTrainer` on prompt/completion rows (loss on the answer only); the
@@ -95,6 +96,7 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "strength": "negteacher, strength by feedback (reward accuracy target 0.8)",
            "po_distill": "prompts alone: SFT on the policy's best-of-4 answers (self-distillation)",
            "po_self": "prompts alone: policy's best-of-4 vs its own sample",
+           "po_self_equal": "prompts alone: policy's best-of-4 vs its own sample, both at the chosen length limit",
            "po_teacher": "prompts alone: policy's best-of-4 vs the teacher (sigmoid + sft)",
            "po_delta": "prompts alone: policy's best-of-4 vs the teacher (sigmoid_norm, beta 5)",
            "po_checkpoint": "prompts alone: the unquantized checkpoint's best-of-4 vs the teacher"}
@@ -105,11 +107,14 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
                  "follow": {"teacher_follow_every": 4}, "band": {"band_max_margin": 1.0},
                  "strength": {"teacher_strength_target": 0.8},
                  "po_distill": {**PROMPT_ONLY, "loss_type": ["sft"]},
-                 "po_self": {**PROMPT_ONLY, "negative_source": "self"}, "po_teacher": PROMPT_ONLY,
+                 "po_self": {**PROMPT_ONLY, "negative_source": "self"},
+                 "po_self_equal": {**PROMPT_ONLY, "negative_source": "self"}, "po_teacher": PROMPT_ONLY,
                  "po_delta": {**PROMPT_ONLY, "loss_type": ["sigmoid_norm"], "beta": 5.0},
                  "po_checkpoint": {**PROMPT_ONLY, "chosen_source": "checkpoint"}}
 """NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
 trains on the rows' prompts alone (their references dropped)."""
+NEGATIVES_AT_CHOSEN_LENGTH = {"po_self_equal"}
+"""Methods whose negatives get the chosen answers' token limit, so the pairs cannot differ by where they are cut."""
 UNTRAINED = "untrained"
 CHOICE_ROWS = "bundled:reverse-eval"
 VALIDATION_CHOICE_ROWS = "bundled:reverse-train"
@@ -168,6 +173,8 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
     if prompt_only(method):
         rows = [without_reference(row) for row in rows]
         fields["chosen_max_new_tokens"] = chosen_max_new_tokens
+    if method in NEGATIVES_AT_CHOSEN_LENGTH and chosen_max_new_tokens is not None:
+        fields["negatives_max_new_tokens"] = chosen_max_new_tokens
     return NegativeTeacherTrainer(policy, NegativeTeacherConfig(**fields), rows, processing_class=tokenizer,
                                   peft_config=lora(), teacher_weights=weights)
 
@@ -337,6 +344,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             results[METHODS[method]].append(json.loads(result_file.read_text()))
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
     preference += f"; training negatives of at most {NEGATIVE_SAMPLING.max_new_tokens} tokens"
+    if task.chosen_max_new_tokens and NEGATIVES_AT_CHOSEN_LENGTH & set(args.methods):
+        preference += f" ({task.chosen_max_new_tokens} in {', '.join(sorted(NEGATIVES_AT_CHOSEN_LENGTH))})"
     if any(prompt_only(m) for m in args.methods):
         preference += (f", prompt-only chosen answers of at most "
                        f"{task.chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens}")
