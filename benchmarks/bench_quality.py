@@ -254,7 +254,9 @@ def seed_difference_table(title: str, results: dict[str, list[dict]], against: s
 
 
 def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "held-out",
-           seeds: tuple[int, ...] = (0,)) -> str:
+           seeds: tuple[int, ...] = (0,), against: tuple[str, ...] = ()) -> str:
+    """The table of scores, then each method against the untrained model, SFT, the fixed teacher (when run) and
+    each method in `against`, over rows and seed by seed."""
     shown = task.shown
     sft = results.get(METHODS["sft"])
     header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
@@ -274,11 +276,13 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
         trained = {m: r for m, r in results.items() if m != UNTRAINED}
         lines += ["", *difference_table("method - SFT", trained, METHODS["sft"], shown, scored),
                   *seed_difference_table("method - SFT", trained, METHODS["sft"], shown, seeds)]
-    teacher, sft_label = METHODS["teacher"], METHODS["sft"]
-    variants = {m: r for m, r in results.items() if m not in (UNTRAINED, sft_label)}
-    if teacher in variants and len(variants) > 1:  # the following teacher, the band, ...: against the fixed one
-        lines += ["", *difference_table("method - the fixed teacher", variants, teacher, shown, scored),
-                  *seed_difference_table("method - the fixed teacher", variants, teacher, shown, seeds)]
+    variants = {m: r for m, r in results.items() if m not in (UNTRAINED, METHODS["sft"])}
+    contrasts = {"the fixed teacher": METHODS["teacher"]}  # the following teacher, the band, ...: against it
+    contrasts |= {METHODS[m]: METHODS[m] for m in against}
+    for name, label in contrasts.items():
+        if label in variants and len(variants) > 1:
+            lines += ["", *difference_table(f"method - {name}", variants, label, shown, scored),
+                      *seed_difference_table(f"method - {name}", variants, label, shown, seeds)]
     return "\n".join(lines)
 
 
@@ -361,7 +365,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     runs = [r for runs in results.values() for r in runs]
     seconds = sum(r.get("train_seconds", 0) + r["score_seconds"] for r in runs)
     kind = "validation" if args.validation else "held-out"
-    return report(results, task, title, kind, tuple(args.seeds)), {r.get("commit", "?") for r in runs}, seconds
+    table = report(results, task, title, kind, tuple(args.seeds), tuple(args.against))
+    return table, {r.get("commit", "?") for r in runs}, seconds
 
 
 def main() -> None:
@@ -371,6 +376,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: sft teacher")
     parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 (--full: 0 1 2)")
+    parser.add_argument("--against", nargs="+", default=[], choices=[m for m in METHODS if m not in ("sft", "teacher")],
+                        help="also print every other trained method minus these (each must be in --methods); "
+                             "SFT and the fixed teacher are always contrasted")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps of 4 rows")
     parser.add_argument("--heldout_rows", type=int, help="first N held-out rows and choice items (default: all)")
     parser.add_argument("--validation", type=int, metavar="N",
@@ -387,6 +395,9 @@ def main() -> None:
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
     args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
+    if missing := set(args.against) - set(args.methods):
+        parser.error(f"--against {' '.join(sorted(missing))}: expected methods named in --methods "
+                     f"({' '.join(args.methods)})")
     if args.validation is not None and args.validation < 1:
         parser.error(f"--validation {args.validation}: expected a number of rows >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
