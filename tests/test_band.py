@@ -65,6 +65,18 @@ def test_candidates_outside_the_band_are_resampled_then_filled(band, out, tiny_c
     assert trainer.negative_filter.counts["generated"] == 4 * expected_calls
 
 
+def test_the_band_filters_prompt_only_pairs_against_the_written_chosen_answer(tiny_chat_model, smol_tokenizer,
+                                                                              tmp_path):
+    prompts = [{"messages": row["messages"][:1]} for row in ROWS]
+    args = config(tmp_path, chosen_source="policy", band_max_margin=-0.5)
+    trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, prompts, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    trainer.train()
+    log = trainer.state.log_history[0]
+    assert log["band/filtered_fraction"] == 1.0 and log["band/margin_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert log["chosen/mean_length"] > 0 and log["negatives/fallback_fraction"] == 1.0
+    assert trainer.negative_filter.counts["generated"] == 4 * trainer.args.negatives_max_tries
+
 def test_band_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="band_min_margin=1.0 must be below band_max_margin=0.5"):
         config(tmp_path, band_min_margin=1.0, band_max_margin=0.5)
