@@ -77,6 +77,7 @@ def test_the_band_filters_prompt_only_pairs_against_the_written_chosen_answer(ti
     assert log["chosen/mean_length"] > 0 and log["negatives/fallback_fraction"] == 1.0
     assert trainer.negative_filter.counts["generated"] == 4 * trainer.args.negatives_max_tries
 
+
 def test_band_settings_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="band_min_margin=1.0 must be below band_max_margin=0.5"):
         config(tmp_path, band_min_margin=1.0, band_max_margin=0.5)
