@@ -116,7 +116,32 @@ def test_filtered_negatives_are_resampled_then_filled_so_every_prompt_gets_exact
     assert log["negatives/filtered_fraction"] == pytest.approx(0.5 if filtered_tries == 1 else 1.0, abs=0.13)
     assert trainer.online.calls_this_step == 2 and trainer.online.generation_calls == 1  # one resample call
     assert all(len(negatives) == 2 for _, _, negatives in trainer.online.cache.values())
+    assert log["negatives/tie_fraction"] == 0.0  # filled from the teacher's answers, none equal to the reference
     assert trained(trainer)
+
+
+class EchoSource:
+    """Writes back the chosen answer (`request.references`): every candidate is filtered, every pair a tie."""
+
+    name = "echo"
+
+    def candidates(self, trainer, request):
+        return [[list(reference)] * request.n for reference in request.references]
+
+
+def test_pairs_whose_rejected_side_equals_the_chosen_are_counted_and_warned_about_once(
+        tiny_chat_model, smol_tokenizer, tmp_path, caplog):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, max_steps=2, negatives_max_tries=2),
+                                     ROWS, processing_class=smol_tokenizer, peft_config=lora(),
+                                     negative_source=EchoSource())
+    with caplog.at_level("WARNING", logger="hf_negteacher.training.online"):
+        trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [log["negatives/tie_fraction"] for log in logs] == [1.0, 1.0]
+    assert [log["negatives/fallback_fraction"] for log in logs] == [1.0, 1.0]
+    assert [log["rewards/margins"] for log in logs] == [0.0, 0.0]
+    warnings = [r.getMessage() for r in caplog.records if "rejected == chosen" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("negatives: 4 of 4 pairs at step 0")
 
 
 def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_chat_model, smol_tokenizer, tmp_path,

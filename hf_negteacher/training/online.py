@@ -23,6 +23,7 @@ STEP_RATIOS = (
     ("negatives/pairs_per_prompt", "pairs", "prompts", "pairs"),
     ("negatives/filtered_fraction", "filtered", "generated", "generated"),
     ("negatives/fallback_fraction", "fallback", "pairs", "generated"),
+    ("negatives/tie_fraction", "ties", "pairs", "pairs"),
     ("band/filtered_fraction", "band_out", "band_scored", "band_scored"),
     ("band/margin_mean", "band_margin", "band_scored", "band_scored"),
     ("chosen/mean_length", "chosen_length", "chosen", "chosen"),
@@ -66,6 +67,7 @@ class OnlinePairs:
         self.generation_seconds = 0.0
         self.generation_calls = 0
         self._step, self.calls_this_step = -1, 0
+        self.warned_ties = False
 
     @property
     def uses_negatives(self) -> bool:
@@ -96,6 +98,7 @@ class OnlinePairs:
                 out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
                             "rejected_ids": negative + suffix})
                 self.stats["length"] += len(negative)
+                self.stats["ties"] += negative == chosen
         if self.uses_negatives:
             self.stats["pairs"] += len(out)
             self.stats["prompts"] += len(examples)
@@ -185,6 +188,7 @@ class OnlinePairs:
                 kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
                 self.stats["fallback"] += missing
             self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
+        self._warn_on_ties(keys)
         self.stats["generated"] += negative_filter.counts["generated"] - generated_before
         self.stats["filtered"] += negative_filter.filtered - filtered_before
         if isinstance(trainer.negative_source, TeacherSource):  # how far the teacher is from the references
@@ -195,6 +199,25 @@ class OnlinePairs:
             self.stats["reference_logprob"] += sum(score for score, _ in scores)
             self.stats["reference_tokens"] += sum(n for _, n in scores)
         self.generation_seconds += time.perf_counter() - start
+
+    def _warn_on_ties(self, keys: list[str]) -> None:
+        """Once per run: most pairs just written have rejected == chosen. Such a pair has no preference gradient
+        (its margin is 0 whatever the policy), so only non-preference terms (`sft`) train on it."""
+        if self.warned_ties:
+            return
+        pairs = ties = 0
+        for key in keys:
+            _, chosen, negatives = self.cache[key]
+            pairs += len(negatives)
+            ties += sum(negative == chosen for negative in negatives)
+        if 2 * ties <= pairs:
+            return
+        self.warned_ties = True
+        logger.warning("negatives: %d of %d pairs at step %d have rejected == chosen (the negative source wrote "
+                       "nothing else within negatives_max_tries); they carry no preference gradient. "
+                       "negatives/tie_fraction tracks the share from now on. A different negative_source, a higher "
+                       "negatives_temperature or more negatives_max_tries give the pairs a rejected side.",
+                       ties, pairs, self.trainer.state.global_step)
 
     def _in_band(self, passing: dict[int, list[list[int]]], prompts, chosen, examples) -> dict[int, list[list[int]]]:
         """The candidates whose pair margin under the current policy lies in the configured band."""
