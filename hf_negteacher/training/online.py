@@ -90,7 +90,7 @@ class OnlinePairs:
                  if key not in self.cache or step - self.cache[key][0] >= self.trainer.args.refresh_every]
         if stale:
             self.generate([examples[i] for i in stale], [keys[i] for i in stale])
-        out = []
+        out, ties = [], 0
         for example, key in zip(examples, keys, strict=True):
             suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
             _, chosen, negatives = self.cache[key]
@@ -98,10 +98,12 @@ class OnlinePairs:
                 out.append({"prompt_ids": example["prompt_ids"], "chosen_ids": chosen + suffix,
                             "rejected_ids": negative + suffix})
                 self.stats["length"] += len(negative)
-                self.stats["ties"] += negative == chosen
+                ties += negative == chosen
         if self.uses_negatives:
             self.stats["pairs"] += len(out)
             self.stats["prompts"] += len(examples)
+            self.stats["ties"] += ties
+            self._warn_on_ties(ties, len(out))
         self.log_stats()
         return out + fixed
 
@@ -188,7 +190,6 @@ class OnlinePairs:
                 kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
                 self.stats["fallback"] += missing
             self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
-        self._warn_on_ties(keys)
         self.stats["generated"] += negative_filter.counts["generated"] - generated_before
         self.stats["filtered"] += negative_filter.filtered - filtered_before
         if isinstance(trainer.negative_source, TeacherSource):  # how far the teacher is from the references
@@ -200,17 +201,10 @@ class OnlinePairs:
             self.stats["reference_tokens"] += sum(n for _, n in scores)
         self.generation_seconds += time.perf_counter() - start
 
-    def _warn_on_ties(self, keys: list[str]) -> None:
-        """Once per run: most pairs just written have rejected == chosen. Such a pair has no preference gradient
+    def _warn_on_ties(self, ties: int, pairs: int) -> None:
+        """Once per run: most of this batch's pairs have rejected == chosen. Such a pair has no preference gradient
         (its margin is 0 whatever the policy), so only non-preference terms (`sft`) train on it."""
-        if self.warned_ties:
-            return
-        pairs = ties = 0
-        for key in keys:
-            _, chosen, negatives = self.cache[key]
-            pairs += len(negatives)
-            ties += sum(negative == chosen for negative in negatives)
-        if 2 * ties <= pairs:
+        if self.warned_ties or 2 * ties <= pairs:
             return
         self.warned_ties = True
         logger.warning("negatives: %d of %d pairs at step %d have rejected == chosen (the negative source wrote "
