@@ -12,7 +12,8 @@ feedback), and the prompt-only modes `po_distill`, `po_self`, `po_self_equal` (`
 allowed as many tokens as the chosen answer), `po_teacher`, `po_delta`, `po_checkpoint`, `po_checkpoint_distill`
 (SFT on the checkpoint's answers, `po_checkpoint`'s control), `po_checkpoint_band` (`po_checkpoint` with its
 pairs in the band), `po_teacher_sigmoid` (`po_teacher` without its `sft` term), `po_teacher_norm` and
-`po_teacher_beta5` (`po_teacher_sigmoid` with `po_delta`'s length normalization or its beta alone), which drop
+`po_teacher_beta5` (`po_teacher_sigmoid` with `po_delta`'s length normalization or its beta alone), and
+`po_checkpoint_delta` (`po_checkpoint` with `po_delta`'s loss), which drop
 the training rows' references and choose the policy's (or the unquantized checkpoint's) best of 4.
 Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the product's setting; `--fp32`: LoRA
 on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
@@ -107,6 +108,8 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "po_teacher_sigmoid": "prompts alone: policy's best-of-4 vs the teacher (sigmoid alone)",
            "po_teacher_norm": "prompts alone: policy's best-of-4 vs the teacher (sigmoid_norm alone, beta 0.1)",
            "po_teacher_beta5": "prompts alone: policy's best-of-4 vs the teacher (sigmoid alone, beta 5)",
+           "po_checkpoint_delta": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher "
+                                   "(sigmoid_norm, beta 5)"),
            "po_checkpoint_band": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher, "
                                   "pairs in the band (margin <= 1)")}
 """Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
@@ -124,6 +127,8 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
                  "po_teacher_sigmoid": {**PROMPT_ONLY, "loss_type": ["sigmoid"]},
                  "po_teacher_norm": {**PROMPT_ONLY, "loss_type": ["sigmoid_norm"]},
                  "po_teacher_beta5": {**PROMPT_ONLY, "loss_type": ["sigmoid"], "beta": 5.0},
+                 "po_checkpoint_delta": {**PROMPT_ONLY, "chosen_source": "checkpoint", "loss_type": ["sigmoid_norm"],
+                                         "beta": 5.0},
                  "po_checkpoint_band": {**PROMPT_ONLY, "chosen_source": "checkpoint", "band_max_margin": 1.0}}
 """NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
 trains on the rows' prompts alone (their references dropped)."""
