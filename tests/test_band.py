@@ -32,22 +32,28 @@ def summed_logprob(model, prompt, answer) -> float:
     return sum(logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(answer))
 
 
-def test_pair_margins_are_the_dpo_reward_margin_against_the_adapter_free_reference(tiny_chat_model, smol_tokenizer,
+@pytest.mark.parametrize("loss_type, per_token", [(["sigmoid", "sft"], False), (["sigmoid_norm"], True)])
+def test_pair_margins_are_the_dpo_reward_margin_against_the_adapter_free_reference(loss_type, per_token,
+                                                                                    tiny_chat_model, smol_tokenizer,
                                                                                     tmp_path):
-    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path), ROWS, processing_class=smol_tokenizer,
-                                     peft_config=lora())
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, loss_type=loss_type), ROWS,
+                                     processing_class=smol_tokenizer, peft_config=lora())
     torch.manual_seed(1)
     for name, parameter in trainer.model.named_parameters():
         if "lora_B" in name:
-            parameter.data.normal_(0, 0.05)
+            parameter.data.normal_(0, 0.2)
     prompts, chosen, rejected, suffixes = [[5, 6, 7], [8, 9]], [[10, 11], [12]], [[13], [14, 15, 16]], [[2], [2]]
     margins = pair_margins(trainer, prompts, chosen, rejected, suffixes)
     policy = trainer.model.eval()
-    for prompt, c, r, s, margin in zip(prompts, chosen, rejected, suffixes, margins, strict=True):
-        on = summed_logprob(policy, prompt, c + s) - summed_logprob(policy, prompt, r + s)
+
+    def log_ratio(prompt, answer):
         with policy.disable_adapter():
-            off = summed_logprob(policy, prompt, c + s) - summed_logprob(policy, prompt, r + s)
-        assert margin == pytest.approx(0.5 * (on - off), abs=1e-4) and abs(margin) > 1e-3
+            off = summed_logprob(policy, prompt, answer)
+        return (summed_logprob(policy, prompt, answer) - off) / (len(answer) if per_token else 1)
+
+    for prompt, c, r, s, margin in zip(prompts, chosen, rejected, suffixes, margins, strict=True):
+        expected = 0.5 * (log_ratio(prompt, c + s) - log_ratio(prompt, r + s))
+        assert margin == pytest.approx(expected, abs=1e-4) and abs(margin) > 1e-3
 
 
 @pytest.mark.parametrize("band, out", [({"band_max_margin": -0.5}, 1.0),

@@ -2,7 +2,8 @@
 
 DPO's gradient on a pair is weighted by sigmoid(-margin), margin = beta [(log pi - log pi_ref)(chosen) -
 (log pi - log pi_ref)(rejected)]: a pair the policy already separates by a wide margin teaches almost nothing
-(Selective DPO, arXiv 2502.09650; "sweet spot" pairs, arXiv 2502.16825). The trainer scores each new
+(Selective DPO, arXiv 2502.09650; "sweet spot" pairs, arXiv 2502.16825). Under `loss_type: [sigmoid_norm]` the
+sigmoid sees each side's log-ratio divided by its token count, and so does the band. The trainer scores each new
 candidate this way and treats one outside `[band_min_margin, band_max_margin]` as filtered: resampled, then
 filled if still short (`band/filtered_fraction`).
 """
@@ -23,8 +24,9 @@ from ..models import eval_mode
 @torch.no_grad()
 def pair_margins(trainer, prompts: Sequence[list[int]], chosen: Sequence[list[int]],
                  rejected: Sequence[list[int]], suffixes: Sequence[list[int]]) -> list[float]:
-    """Per pair, TRL's sigmoid-loss reward margin under the current policy and its reference (the adapter
-    disabled, TRL's way, or `trainer.ref_model`), answers scored with their end-of-answer `suffixes`."""
+    """Per pair, the reward margin that TRL's sigmoid loss weights, under the current policy and its reference
+    (the adapter disabled, TRL's way, or `trainer.ref_model`), answers scored with their end-of-answer
+    `suffixes`: summed over tokens, or per token where the loss is length-normalized (`per_token_margins`)."""
     policy = trainer.accelerator.unwrap_model(trainer.model)
     if is_peft_model(policy) and trainer.ref_model is None:
         reference = policy
@@ -45,8 +47,15 @@ def pair_margins(trainer, prompts: Sequence[list[int]], chosen: Sequence[list[in
     with reference_context:
         on_reference = sums(reference)
     ratio = on_policy - on_reference
+    if per_token_margins(trainer.args.loss_type):
+        ratio /= torch.tensor([max(len(answer), 1) for answer in answers], dtype=torch.float64)
     count = len(chosen)
     return (trainer.args.beta * (ratio[:count] - ratio[count:])).tolist()
+
+
+def per_token_margins(loss_types: Sequence[str]) -> bool:
+    """Whether the loss's sigmoid sees per-token log-ratios: `sigmoid_norm` without a summed `sigmoid` beside it."""
+    return "sigmoid_norm" in loss_types and "sigmoid" not in loss_types
 
 
 def in_band(margin: float, low: float | None, high: float | None) -> bool:

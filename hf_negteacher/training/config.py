@@ -100,8 +100,8 @@ class NegativeTeacherConfig(DPOConfig):
                 "above the answers you expect (chosen/cut_off_fraction says how many ran to it)."})
     band_min_margin: float | None = field(default=None, metadata={
         "help": "Online: a candidate pair whose implicit reward margin beta [(log pi - log pi_ref)(chosen) - (same)"
-                "(rejected)] under the current policy is below this is too hard: resampled like a filtered negative "
-                "(None: no lower bound)."})
+                "(rejected)] under the current policy (each side per token under loss_type [sigmoid_norm]) is below "
+                "this is too hard: resampled like a filtered negative (None: no lower bound)."})
     band_max_margin: float | None = field(default=None, metadata={
         "help": "Online: a candidate pair already separated by more than this margin teaches little (sigmoid(-margin) "
                 "weights its gradient): resampled like a filtered negative (None: no upper bound). Logged: "
