@@ -25,8 +25,9 @@ reward), and on the greedy answers to the first 300 held-out prompts. Each finis
 greedy answers are saved under `--output` (default `benchmarks/runs/bench_quality`, committed: later sessions
 and other machines add seeds to the same pool instead of training it again) and reused when the script runs
 again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
-`runs/bench_quality/adapters`, not committed). The tables are written to `quality.md` under `--output` and
-printed. `--validation N` scores on the training
+`runs/bench_quality/adapters`, not committed), one per method, steps, seed and precision whichever split
+scores it: scoring a setting on the other split reuses its adapter. The tables are written to `quality.md`
+under `--output` and printed. `--validation N` scores on the training
 split's last N rows instead (never trained on), where settings are chosen before the held-out rows are scored
 once.
 """
@@ -42,6 +43,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -198,6 +200,16 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
                                   peft_config=lora(), teacher_weights=weights)
 
 
+def new_trainer(method: str, source: str, nf4: bool, tokenizer, rows: list[dict], seed: int, steps: int,
+                teacher: str, weights, work: Path, chosen_max_new_tokens: int | None):
+    """`method`'s trainer on a freshly loaded policy."""
+    policy = load_policy(source, nf4)
+    if method == "sft":
+        return train_sft(policy, tokenizer, rows, seed, steps, work)
+    return train_negteacher(method, policy, tokenizer, rows, seed, steps, teacher, weights, work,
+                            chosen_max_new_tokens)
+
+
 def prompt_only(method: str) -> bool:
     return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
 
@@ -226,12 +238,34 @@ def git_commit() -> str:
                           cwd=Path(__file__).parent).stdout.strip()
 
 
-def run_file(output: Path, model_key: str, task: str, method: str, steps: int, seed: int, nf4: bool,
-             sizes: str, chosen_max_new_tokens: int | None = None) -> Path:
+def run_name(method: str, steps: int, seed: int, nf4: bool, chosen_max_new_tokens: int | None = None) -> str:
+    """What a run trains: its adapter's folder name, and the start of its result files' names."""
     slug = re.sub(r"\W+", "_", METHODS.get(method, method)).strip("_")  # a relabelled method never reuses results
     if prompt_only(method) and chosen_max_new_tokens is not None:
         slug += f"-chosen_tokens={chosen_max_new_tokens}"
-    return output / model_key / task / f"{slug}-steps={steps}-seed={seed}-nf4={nf4}-{sizes}.json"
+    return f"{slug}-steps={steps}-seed={seed}-nf4={nf4}"
+
+
+def run_file(output: Path, model_key: str, task: str, method: str, steps: int, seed: int, nf4: bool,
+             sizes: str, chosen_max_new_tokens: int | None = None) -> Path:
+    return output / model_key / task / f"{run_name(method, steps, seed, nf4, chosen_max_new_tokens)}-{sizes}.json"
+
+
+def trained_adapter(work: Path, make_trainer) -> float:
+    """Trains `make_trainer()` and saves its adapter to `work`, unless a finished run (scored on either split)
+    already did: the validation and held-out scores of a setting then come from one adapter. Returns the
+    training seconds."""
+    finished = work / "train_seconds.json"
+    if finished.is_file():
+        logger.info("reusing the adapter trained at %s", work)
+        return json.loads(finished.read_text())["train_seconds"]
+    trainer = make_trainer()
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(work))
+    atomic_write_json(finished, {"train_seconds": seconds})
+    return seconds
 
 
 def signed(value: float) -> str:
@@ -351,16 +385,11 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes,
                                    task.chosen_max_new_tokens)
             if not result_file.is_file():
-                work = Path(args.adapters) / model_key / task_dir / result_file.stem
-                policy = load_policy(source, nf4)
-                trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft" else
-                           train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps, teacher_spec,
-                                            weights, work, task.chosen_max_new_tokens))
-                start = time.perf_counter()
-                trainer.train()
-                seconds = time.perf_counter() - start
-                trainer.save_model(str(work))
-                del trainer, policy
+                work = Path(args.adapters) / model_key / task_key / run_name(method, args.steps, seed, nf4,
+                                                                              task.chosen_max_new_tokens)
+                seconds = trained_adapter(work, partial(new_trainer, method, source, nf4, tokenizer, train_rows, seed,
+                                                        args.steps, teacher_spec, weights, work,
+                                                        task.chosen_max_new_tokens))
                 model = trained_for_scoring(source, nf4, work)
                 atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
                                                 "train_seconds": seconds})
