@@ -161,6 +161,6 @@ def test_prompt_only_recipe_trains_on_the_prompts_alone(tmp_path):
           "--num_train_rows", "4", "--num_eval_rows", "4", "--negatives_max_new_tokens", "8",
           "--chosen_num_samples", "2", "--save_strategy", "no"])
     card = (tmp_path / "README.md").read_text()
-    assert "| chosen_source | `policy` |" in card and "| negative_source | `teacher` |" in card
+    assert "| chosen_source | `checkpoint` |" in card and "| negative_source | `teacher` |" in card
     adapter = load_file(tmp_path / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
