@@ -43,7 +43,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 
@@ -137,6 +136,8 @@ trains on the rows' prompts alone (their references dropped)."""
 NEGATIVES_AT_CHOSEN_LENGTH = {"po_self_equal"}
 """Methods whose negatives get the chosen answers' token limit, so the pairs cannot differ by where they are cut."""
 UNTRAINED = "untrained"
+TRAINED_MARKER = "train_seconds.json"
+"""Written in an adapter's folder after the adapter: its training finished."""
 CHOICE_ROWS = "bundled:reverse-eval"
 VALIDATION_CHOICE_ROWS = "bundled:reverse-train"
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
@@ -200,16 +201,6 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
                                   peft_config=lora(), teacher_weights=weights)
 
 
-def new_trainer(method: str, source: str, nf4: bool, tokenizer, rows: list[dict], seed: int, steps: int,
-                teacher: str, weights, work: Path, chosen_max_new_tokens: int | None):
-    """`method`'s trainer on a freshly loaded policy."""
-    policy = load_policy(source, nf4)
-    if method == "sft":
-        return train_sft(policy, tokenizer, rows, seed, steps, work)
-    return train_negteacher(method, policy, tokenizer, rows, seed, steps, teacher, weights, work,
-                            chosen_max_new_tokens)
-
-
 def prompt_only(method: str) -> bool:
     return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
 
@@ -251,21 +242,11 @@ def run_file(output: Path, model_key: str, task: str, method: str, steps: int, s
     return output / model_key / task / f"{run_name(method, steps, seed, nf4, chosen_max_new_tokens)}-{sizes}.json"
 
 
-def trained_adapter(work: Path, make_trainer) -> float:
-    """Trains `make_trainer()` and saves its adapter to `work`, unless a finished run (scored on either split)
-    already did: the validation and held-out scores of a setting then come from one adapter. Returns the
-    training seconds."""
-    finished = work / "train_seconds.json"
-    if finished.is_file():
-        logger.info("reusing the adapter trained at %s", work)
-        return json.loads(finished.read_text())["train_seconds"]
-    trainer = make_trainer()
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    trainer.save_model(str(work))
-    atomic_write_json(finished, {"train_seconds": seconds})
-    return seconds
+def saved_training_seconds(work: Path) -> float | None:
+    """The training seconds of the adapter a finished run (scored on either split) saved in `work`, or None:
+    the validation and held-out scores of a setting then come from one adapter."""
+    finished = work / TRAINED_MARKER
+    return json.loads(finished.read_text())["train_seconds"] if finished.is_file() else None
 
 
 def signed(value: float) -> str:
@@ -387,9 +368,20 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             if not result_file.is_file():
                 work = Path(args.adapters) / model_key / task_key / run_name(method, args.steps, seed, nf4,
                                                                               task.chosen_max_new_tokens)
-                seconds = trained_adapter(work, partial(new_trainer, method, source, nf4, tokenizer, train_rows, seed,
-                                                        args.steps, teacher_spec, weights, work,
-                                                        task.chosen_max_new_tokens))
+                seconds = saved_training_seconds(work)
+                if seconds is None:
+                    policy = load_policy(source, nf4)
+                    trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft"
+                               else train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps,
+                                                     teacher_spec, weights, work, task.chosen_max_new_tokens))
+                    start = time.perf_counter()
+                    trainer.train()
+                    seconds = time.perf_counter() - start
+                    trainer.save_model(str(work))
+                    atomic_write_json(work / TRAINED_MARKER, {"train_seconds": seconds})
+                    del trainer, policy
+                else:
+                    logger.info("reusing the adapter trained at %s", work)
                 model = trained_for_scoring(source, nf4, work)
                 atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
                                                 "train_seconds": seconds})
