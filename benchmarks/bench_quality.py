@@ -201,6 +201,25 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
                                   peft_config=lora(), teacher_weights=weights)
 
 
+def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, tokenizer, train_rows: list[dict],
+                  steps: int, teacher_spec: str, weights, chosen_max_new_tokens: int | None) -> float:
+    """Train one run's adapter into `work` unless a finished one is there; its training seconds."""
+    seconds = saved_training_seconds(work)
+    if seconds is not None:
+        logger.info("reusing the adapter trained at %s", work)
+        return seconds
+    policy = load_policy(source, nf4)
+    trainer = (train_sft(policy, tokenizer, train_rows, seed, steps, work) if method == "sft"
+               else train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
+                                     chosen_max_new_tokens))
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(work))
+    atomic_write_json(work / TRAINED_MARKER, {"train_seconds": seconds})
+    return seconds
+
+
 def prompt_only(method: str) -> bool:
     return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
 
@@ -320,6 +339,25 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
     return "\n".join(lines)
 
 
+def adapter_dir(args, model_key: str, task_key: str, method: str, seed: int, nf4: bool) -> Path:
+    return Path(args.adapters) / model_key / task_key / run_name(method, args.steps, seed, nf4,
+                                                                  TASKS[task_key].chosen_max_new_tokens)
+
+
+def train_only(model_key: str, task_key: str, args) -> None:
+    """Train every requested run's adapter and score nothing: training never reads a scored split, so the
+    adapters of a sealed-test comparison can train while its choice is still being written down."""
+    source, teacher_spec = recipe(model_key)
+    task = TASKS[task_key]
+    tokenizer, weights = load_tokenizer(source), checkpoint_weights(source)
+    train_rows = load_rows(task.train)[: 4 * args.steps]
+    for method in args.methods:
+        for seed in args.seeds:
+            train_adapter(method, seed, adapter_dir(args, model_key, task_key, method, seed, not args.fp32), source,
+                          not args.fp32, tokenizer, train_rows, args.steps, teacher_spec, weights,
+                          task.chosen_max_new_tokens)
+
+
 def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str], float]:
     """One model on one task: its table, the commits its runs were scored at, and their recorded seconds."""
     source, teacher_spec = recipe(model_key)
@@ -366,22 +404,9 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes,
                                    task.chosen_max_new_tokens)
             if not result_file.is_file():
-                work = Path(args.adapters) / model_key / task_key / run_name(method, args.steps, seed, nf4,
-                                                                              task.chosen_max_new_tokens)
-                seconds = saved_training_seconds(work)
-                if seconds is None:
-                    policy = load_policy(source, nf4)
-                    trainer = (train_sft(policy, tokenizer, train_rows, seed, args.steps, work) if method == "sft"
-                               else train_negteacher(method, policy, tokenizer, train_rows, seed, args.steps,
-                                                     teacher_spec, weights, work, task.chosen_max_new_tokens))
-                    start = time.perf_counter()
-                    trainer.train()
-                    seconds = time.perf_counter() - start
-                    trainer.save_model(str(work))
-                    atomic_write_json(work / TRAINED_MARKER, {"train_seconds": seconds})
-                    del trainer, policy
-                else:
-                    logger.info("reusing the adapter trained at %s", work)
+                work = adapter_dir(args, model_key, task_key, method, seed, nf4)
+                seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
+                                        teacher_spec, weights, task.chosen_max_new_tokens)
                 model = trained_for_scoring(source, nf4, work)
                 atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
                                                 "train_seconds": seconds})
@@ -429,6 +454,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="scoring and generation batch")
     parser.add_argument("--preference", action="store_true", help="also preference accuracy vs teacher samples")
     parser.add_argument("--fp32", action="store_true", help="LoRA on the dequantized GGUF instead of NF4 QLoRA")
+    parser.add_argument("--train_only", action="store_true",
+                        help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
     parser.add_argument("--adapters", default="runs/bench_quality/adapters", help="trained adapters (not committed)")
     args = parser.parse_args()
@@ -441,6 +468,11 @@ def main() -> None:
     if args.validation is not None and args.validation < 1:
         parser.error(f"--validation {args.validation}: expected a number of rows >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.train_only:
+        for model_key in args.models:
+            for task_key in args.tasks:
+                train_only(model_key, task_key, args)
+        return
     start = time.perf_counter()
     output = Path(args.output)
     sections, commits, compute = [], set(), 0.0

@@ -1,4 +1,5 @@
-"""Generated-answer metrics, held-out preference accuracy and the paired bootstrap."""
+"""Generated-answer metrics, held-out preference accuracy, the paired bootstrap over rows and the two-level
+bootstrap over seeds and rows."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from conftest import answer_logprob_by_hand
 from hf_negteacher.data.rows import PromptAnswer
 from hf_negteacher.evaluation.answer_metrics import answer_quality, chrf, rouge_l
 from hf_negteacher.evaluation.preference import preference_rows
-from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap
+from hf_negteacher.evaluation.statistics import metrics, paired_bootstrap, seed_row_bootstrap
 
 
 def test_rouge_l_and_chrf_equal_hand_computed_values():
@@ -68,6 +69,39 @@ def test_bootstrap_interval_covers_the_true_difference_of_synthetic_models():
     assert same_mean.low < 0 < same_mean.high
     with pytest.raises(ValueError, match="different row groups"):
         paired_bootstrap(_synthetic(rng, 0.2), {"answers": _synthetic(rng, 0.2)["answers"]})
+
+
+def _seeded_runs(rng, seed_offsets, n=500, mean=0.5):
+    """Runs of one method, one per training seed: per-row correctness whose rate the seed moves by its offset."""
+    base = rng.random(n)
+    return [{"choice": {"choice_correct": (base < mean + offset).astype(float)}} for offset in seed_offsets]
+
+
+def test_two_level_bootstrap_widens_with_seed_variance_where_the_rows_only_interval_does_not():
+    widths = {}
+    for spread in (0.0, 0.12):
+        rng = np.random.default_rng(3)
+        a, b = _seeded_runs(rng, (-spread, 0.0, spread)), _seeded_runs(rng, (0.0, 0.0, 0.0))
+        two_level = seed_row_bootstrap(a, b, resamples=1000)["choice_accuracy/builtin"]
+        rows_only = seed_row_bootstrap(a, b, resamples=1000, min_seeds=99)["choice_accuracy/builtin"]
+        assert two_level.over_seeds and not rows_only.over_seeds
+        assert len(two_level.per_seed) == 3 and two_level.difference == pytest.approx(np.mean(two_level.per_seed))
+        assert rows_only.difference == pytest.approx(two_level.difference)
+        widths[spread] = (two_level.half_width, rows_only.half_width)
+    assert widths[0.12][0] > 1.5 * widths[0.0][0]  # seed variance widens the two-level interval
+    assert widths[0.12][1] < 1.2 * widths[0.0][1]  # and leaves the rows-only one about as it was
+    assert widths[0.0][0] == pytest.approx(widths[0.0][1], rel=0.35)  # without seed variance they agree
+
+
+def test_two_level_bootstrap_pairs_each_seed_and_lets_one_untrained_run_stand_for_every_seed():
+    trained = [{"choice": {"choice_correct": np.r_[np.ones(k), np.zeros(10 - k)]}} for k in (6, 7, 8)]
+    untrained = [{"choice": {"choice_correct": np.r_[np.ones(5), np.zeros(5)]}}]
+    result = seed_row_bootstrap(trained, untrained, resamples=500)["choice_accuracy/builtin"]
+    assert result.per_seed == pytest.approx((0.1, 0.2, 0.3)) and result.difference == pytest.approx(0.2)
+    assert (result.a, result.b) == (pytest.approx(0.7), pytest.approx(0.5))
+    assert result.low < 0.2 < result.high <= 0.5
+    with pytest.raises(ValueError, match="3 runs of A and 2 of B"):
+        seed_row_bootstrap(trained, untrained * 2)
 
 
 def test_answer_quality_evaluate_module_loads_offline_by_path(monkeypatch):

@@ -1,5 +1,5 @@
-"""The reverse-dictionary task: bundled data (rebuilt byte for byte, words disjoint), exact-match metrics,
-multiple-choice items and their score (built in, against lm-eval, planted and uniform models)."""
+"""The reverse-dictionary task: bundled data (rebuilt byte for byte, words disjoint, the sealed test split),
+exact-match metrics, multiple-choice items and their score (built in, against lm-eval, planted and uniform models)."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,6 +30,16 @@ def test_reverse_dictionary_words_are_disjoint_from_its_own_and_the_definitions_
     assert not held_out & (words("train") | words("eval"))  # unseen by either task's training rows
     assert not train & words("eval")
     assert train == words("train")  # the definitions' train words, the other way round
+
+
+def test_the_sealed_test_split_is_both_tasks_on_500_words_no_other_split_holds():
+    sealed = words("test")
+    assert len(sealed) == 500 and sealed == words("reverse-test")
+    others = [split for split in BUNDLED_SPLITS if split not in ("test", "reverse-test")]
+    assert others and all(not sealed & words(split) for split in others), others
+    definitions = {r["word"]: r["messages"][1]["content"] for r in load_rows("bundled:test")}
+    reverse = load_rows("bundled:reverse-test")
+    assert all(definitions[r["word"]].lower().startswith(r["definition"][:-1].lower()) for r in reverse)
 
 
 def test_reverse_dictionary_rows_ask_for_the_word_and_accept_its_synonyms():

@@ -5,6 +5,8 @@
 - `bundled:reverse-train` (3000) and `bundled:reverse-eval` (500): the reverse dictionary, a definition ->
   the word in one word, with the synset's other one-word lemmas as `accepted` answers. Its train words are
   the definitions' train words; its held-out words are in neither definitions split.
+- `bundled:test` and `bundled:reverse-test` (500 each): the sealed test split, both tasks on the same words,
+  disjoint from every split above. Choose settings on the others; score these once, after the choice.
 
 Load them with `hf_negteacher.data.rows.load_rows("bundled:train")`.
 """
@@ -17,4 +19,6 @@ BUNDLED_SPLITS = {
     "eval": DATA_DIR / "wordnet_definitions_eval.jsonl",
     "reverse-train": DATA_DIR / "reverse_dictionary_train.jsonl",
     "reverse-eval": DATA_DIR / "reverse_dictionary_eval.jsonl",
+    "test": DATA_DIR / "wordnet_definitions_test.jsonl",
+    "reverse-test": DATA_DIR / "reverse_dictionary_test.jsonl",
 }

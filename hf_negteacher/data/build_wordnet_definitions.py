@@ -23,7 +23,7 @@ from pathlib import Path
 
 POS_FILES = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
 POS_NAMES = {"noun": "noun", "verb": "verb", "adj": "adjective", "adv": "adverb"}
-TRAIN_ROWS, EVAL_ROWS, SEED = 3000, 500, 1234
+TRAIN_ROWS, EVAL_ROWS, TEST_ROWS, SEED = 3000, 500, 500, 1234
 DEFINITION_PROMPT = 'What does the {pos} "{word}" mean?'
 REVERSE_PROMPT = 'Which English {pos} means: "{definition}"? Answer with one word.'
 HERE = Path(__file__).parent
@@ -98,16 +98,23 @@ def build_rows(wordnet_dir: Path) -> list[dict]:
 
 def build_splits(wordnet_dir: Path) -> dict[str, list[dict]]:
     """Every bundled file's rows by file stem. One shuffle decides the words: definitions eval, then train,
-    then the reverse dictionary's held-out words."""
+    then the reverse dictionary's held-out words, then the sealed test words (taken last, so adding them left
+    every earlier split unchanged)."""
     senses = _senses(wordnet_dir)
     random.Random(SEED).shuffle(senses)
     held_out, train = senses[:EVAL_ROWS], senses[EVAL_ROWS:EVAL_ROWS + TRAIN_ROWS]
     reverse_held_out = senses[EVAL_ROWS + TRAIN_ROWS:2 * EVAL_ROWS + TRAIN_ROWS]
+    test = senses[2 * EVAL_ROWS + TRAIN_ROWS:2 * EVAL_ROWS + TRAIN_ROWS + TEST_ROWS]
+    if len(test) < TEST_ROWS:
+        raise ValueError(f"{wordnet_dir}: {len(senses)} eligible words, expected at least "
+                         f"{2 * EVAL_ROWS + TRAIN_ROWS + TEST_ROWS}")
     return {
         "wordnet_definitions_eval": [_definition_row(*sense[:3]) for sense in held_out],
         "wordnet_definitions_train": [_definition_row(*sense[:3]) for sense in train],
         "reverse_dictionary_eval": [_reverse_row(*sense) for sense in reverse_held_out],
         "reverse_dictionary_train": [_reverse_row(*sense) for sense in train],
+        "wordnet_definitions_test": [_definition_row(*sense[:3]) for sense in test],
+        "reverse_dictionary_test": [_reverse_row(*sense) for sense in test],
     }
 
 

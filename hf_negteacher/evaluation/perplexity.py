@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..data.rows import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
 from ..logprobs import answer_logprobs, sliding_window_logprob
 from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items
+from .statistics import answer_perplexity
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +111,6 @@ def answer_rows(model, tokenizer, pairs: Sequence[PromptAnswer], *, batch_size: 
                              batch_size=batch_size, progress=True)
     return {"answer_logprob": np.array([s for s, _ in scores]), "answer_tokens": np.array([n for _, n in scores]),
             "answer_bytes": np.array([len(p.answer.encode("utf-8")) for p in pairs])}
-
-
-def answer_perplexity(rows: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Token-weighted answer perplexity and bits per byte over the rows `index` selects (resamples x rows)."""
-    index = np.arange(len(rows["answer_logprob"]))[None] if index is None else index
-    total = rows["answer_logprob"][index].sum(1)
-    return {"answer_perplexity/builtin": np.exp(-total / rows["answer_tokens"][index].sum(1)),
-            "answer_bits_per_byte/builtin": -total / rows["answer_bytes"][index].sum(1) / math.log(2)}
 
 
 def lm_eval_metrics(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,

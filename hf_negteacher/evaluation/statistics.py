@@ -1,21 +1,42 @@
-"""Does it help? Per-row held-out scores of one model, their aggregates, and paired bootstrap intervals.
+"""Does it help? Per-row held-out scores of one model, their aggregates, and paired bootstrap intervals:
+over rows (`paired_bootstrap`), or over training seeds and then rows (`seed_row_bootstrap`).
 
 Rows are grouped: `answers` (reference log-probability and tokens -> answer perplexity), `generation`
-(greedy or sampled answers against the references), `preference` (reference vs the teacher's held-out
-negative). A group's rows are the same for every model, so two models compare row by row.
+(greedy or sampled answers against the references), `choice` (multiple choice), `roundtrip` (a frozen judge
+picks the word from each generated definition), `preference` (reference vs the teacher's held-out negative).
+A group's rows are the same for every model, so two models compare row by row. numpy and scipy only: the
+benchmark report runs on a machine without torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from .perplexity import answer_perplexity
-
 RowScores = dict[str, dict[str, np.ndarray]]
+GENERATION_METRICS = {"rougeL": "rougeL", "chrF": "chrF", "words": "words", "empty": "empty_fraction",
+                      "cut_off": "cut_off_fraction", "exact_match": "exact_match", "accepted_match": "accepted_match",
+                      "first_word_match": "first_word_match", "accepted_anywhere": "accepted_anywhere"}
+"""Per-row key of the `generation` group -> its metric (the mean over rows)."""
+MEAN_METRICS = {"choice": {"choice_correct": "choice_accuracy/builtin",
+                           "choice_correct_ended": "choice_accuracy_ended/builtin"},
+                "roundtrip": {"roundtrip_correct": "roundtrip_accuracy"},
+                "preference": {"preference_correct": "preference_accuracy",
+                               "preference_correct_per_token": "preference_accuracy_per_token",
+                               "preference_margin": "preference_margin"},
+                "generation": GENERATION_METRICS}
+
+
+def answer_perplexity(rows: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Token-weighted answer perplexity and bits per byte over the rows `index` selects (resamples x rows)."""
+    index = np.arange(len(rows["answer_logprob"]))[None] if index is None else index
+    total = rows["answer_logprob"][index].sum(1)
+    return {"answer_perplexity/builtin": np.exp(-total / rows["answer_tokens"][index].sum(1)),
+            "answer_bits_per_byte/builtin": -total / rows["answer_bytes"][index].sum(1) / math.log(2)}
 
 
 def aggregate(scores: RowScores, index: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -27,18 +48,8 @@ def aggregate(scores: RowScores, index: np.ndarray | None = None) -> dict[str, n
         pick = {key: values[idx] for key, values in rows.items()}
         if group == "answers":
             out |= answer_perplexity(rows, idx)
-        elif group == "generation":
-            for key, name in (("rougeL", "rougeL"), ("chrF", "chrF"), ("words", "words"),
-                              ("empty", "empty_fraction"), ("cut_off", "cut_off_fraction"),
-                              ("exact_match", "exact_match"), ("accepted_match", "accepted_match")):
-                if key in pick:
-                    out[name] = pick[key].mean(1)
-        elif group == "choice":
-            out["choice_accuracy/builtin"] = pick["choice_correct"].mean(1)
-        elif group == "preference":
-            out["preference_accuracy"] = pick["preference_correct"].mean(1)
-            out["preference_accuracy_per_token"] = pick["preference_correct_per_token"].mean(1)
-            out["preference_margin"] = pick["preference_margin"].mean(1)
+        else:
+            out |= {name: pick[key].mean(1) for key, name in MEAN_METRICS.get(group, {}).items() if key in pick}
     return out
 
 
@@ -91,3 +102,66 @@ def paired_bootstrap(a: RowScores, b: RowScores, *, resamples: int = 1000, seed:
         for key, low, high in zip(keys, interval.low, interval.high, strict=True):
             result[key] = Difference(point_a[key], point_b[key], point_a[key] - point_b[key], float(low), float(high))
     return {key: result[key] for key in point_a}
+
+
+@dataclass(frozen=True)
+class SeedDifference(Difference):
+    per_seed: tuple[float, ...] = ()
+    """A - B for each training seed (A's run minus B's run with the same seed, or minus B's single run)."""
+    over_seeds: bool = True
+    """Whether the interval resamples seeds too (two-level); False: rows only (fewer than `min_seeds` seeds)."""
+
+
+def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores], *, resamples: int = 2000,
+                       seed: int = 0, confidence: float = 0.95, min_seeds: int = 3) -> dict[str, SeedDifference]:
+    """For every metric, A - B averaged over training seeds, with a two-level paired bootstrap interval: each
+    resample draws seeds with replacement, then rows with replacement for the drawn seeds (the same rows for A
+    and B), and averages the drawn seeds' differences. Every seed is scored on the same items, so one row draw
+    serves all of a resample's seeds (independent draws per seed would shrink the items' variance by the number
+    of seeds). Seed-to-seed variance of training is then in the interval, which a bootstrap over rows of
+    seed-averaged scores leaves out. `a_runs[i]` pairs with `b_runs[i]` (same seed); a
+    single B run (an untrained model) pairs with every A run. With fewer than `min_seeds` seeds the seeds cannot
+    be resampled usefully: the interval is over rows of seed-averaged scores (`over_seeds` False)."""
+    b_runs = list(b_runs) * len(a_runs) if len(b_runs) == 1 else list(b_runs)
+    if len(a_runs) != len(b_runs) or not a_runs:
+        raise ValueError(f"{len(a_runs)} runs of A and {len(b_runs)} of B: expected one B run per seed, or one B run")
+    per_seed = [{key: float(a[0] - b[0]) for (key, a), b in zip(aggregate(run_a).items(), aggregate(run_b).values(),
+                                                                  strict=True)}
+                for run_a, run_b in zip(a_runs, b_runs, strict=True)]
+    if len(a_runs) < min_seeds:
+        rows_only = paired_bootstrap(_seed_mean(a_runs), _seed_mean(b_runs), resamples=resamples, seed=seed,
+                                     confidence=confidence)
+        return {key: SeedDifference(d.a, d.b, float(np.mean([p[key] for p in per_seed])), d.low, d.high,
+                                    tuple(p[key] for p in per_seed), over_seeds=False) for key, d in rows_only.items()}
+    rng = np.random.default_rng(seed)
+    n_seeds = len(a_runs)
+    drawn_seeds = rng.integers(0, n_seeds, size=(resamples, n_seeds))
+    total: dict[str, np.ndarray] = {}
+    for group in a_runs[0]:
+        n = len(next(iter(a_runs[0][group].values())))
+        index = rng.integers(0, n, size=(resamples, n))
+        by_seed = [{k: va - vb for (k, va), vb in zip(aggregate({group: a[group]}, index).items(),
+                                                       aggregate({group: b[group]}, index).values(), strict=True)}
+                   for a, b in zip(a_runs, b_runs, strict=True)]
+        for key in by_seed[0]:
+            total[key] = np.stack([d[key] for d in by_seed])[drawn_seeds, np.arange(resamples)[:, None]].mean(1)
+    tail = (1 - confidence) / 2 * 100
+    point_a = {k: float(np.mean(v)) for k, v in _metric_lists(a_runs).items()}
+    point_b = {k: float(np.mean(v)) for k, v in _metric_lists(b_runs).items()}
+    return {key: SeedDifference(point_a[key], point_b[key], float(np.mean([p[key] for p in per_seed])),
+                                float(np.percentile(total[key], tail)), float(np.percentile(total[key], 100 - tail)),
+                                tuple(p[key] for p in per_seed)) for key in per_seed[0]}
+
+
+def _seed_mean(runs: Sequence[RowScores]) -> RowScores:
+    """Each row's scores averaged over the runs."""
+    return {group: {key: np.mean([run[group][key] for run in runs], axis=0) for key in runs[0][group]}
+            for group in runs[0]}
+
+
+def _metric_lists(runs: Sequence[RowScores]) -> dict[str, list[float]]:
+    listed: dict[str, list[float]] = {}
+    for run in runs:
+        for key, value in metrics(run).items():
+            listed.setdefault(key, []).append(value)
+    return listed
