@@ -19,17 +19,22 @@ Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the pro
 on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
 `--seeds` says more. SFT is `trl.SFTTrainer` on prompt/completion rows (loss on the answer only); the
 teacher is `NegativeTeacherTrainer` with its recipe's defaults (sigmoid + sft, the model's calibrated teacher).
-Every model is scored on every held-out row of its task (answer perplexity), on all 500 `reverse-eval`
-multiple-choice items (given a definition, which of 5 words: a yardstick no training row's style can
-reward), and on the greedy answers to the first 300 held-out prompts. Each finished run's per-row scores and
+Every model is scored on every row of its task's scored split (answer perplexity), on 500 multiple-choice items
+(given a definition, which of 5 words: bare, and followed by the end of turn), and on the greedy answers to the
+first 300 prompts: the reverse task's first word and any word against the accepted answers, the definitions'
+round trip (the untrained checkpoint picks the word from each generated definition, the word masked). The
+scored split is validation (`bundled:eval` / `bundled:reverse-eval` with `reverse-eval`'s items, read for about
+45 settings) unless `--final` scores the sealed one (`bundled:test` / `bundled:reverse-test`, the same 500 words
+for both tasks), which it does only for settings `sealed_choices.yaml` names, committed. Each finished run's
+per-row scores and
 greedy answers are saved under `--output` (default `benchmarks/runs/bench_quality`, committed: later sessions
 and other machines add seeds to the same pool instead of training it again) and reused when the script runs
 again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
 `runs/bench_quality/adapters`, not committed), one per method, steps, seed and precision whichever split
 scores it: scoring a setting on the other split reuses its adapter. The tables are written to `quality.md`
-under `--output` and printed. `--validation N` scores on the training
-split's last N rows instead (never trained on), where settings are chosen before the held-out rows are scored
-once.
+under `--output` and printed; `report.py` reprints them from the run files without a model. `--validation N`
+scores the training split's last N rows instead (never trained on). `--train_only` trains the adapters and scores
+nothing; `--backfill` adds content-seeing rows to run files that predate them.
 """
 
 from __future__ import annotations
@@ -38,11 +43,9 @@ import argparse
 import json
 import logging
 import platform
-import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -54,92 +57,44 @@ from peft import LoraConfig, PeftModel
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
 from hf_negteacher.data.rows import load_rows, validate_rows, without_reference
-from hf_negteacher.evaluation.generation_quality import QualitySettings
-from hf_negteacher.evaluation.multiple_choice import choice_items
+from hf_negteacher.evaluation.generation_quality import QualitySettings, accepted_anywhere, first_word_match
+from hf_negteacher.evaluation.multiple_choice import choice_items, choice_rows, round_trip_items, round_trip_rows
 from hf_negteacher.evaluation.perplexity import EvalData
 from hf_negteacher.evaluation.preference import heldout_negatives
-from hf_negteacher.evaluation.report import metric_label
 from hf_negteacher.evaluation.runner import score_variant
-from hf_negteacher.evaluation.statistics import paired_bootstrap
+from hf_negteacher.evaluation.statistics import metrics
 from hf_negteacher.generation import GenerationSettings
 from hf_negteacher.models import base_model_info, cache_dir, checkpoint_weights
 from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.spec import TeacherConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality_runs import (  # noqa: E402  (the sibling module, run as a script)
+    METHOD_FIELDS,
+    METHODS,
+    NEGATIVES_AT_CHOSEN_LENGTH,
+    RUNS,
+    TASKS,
+    UNTRAINED,
+    prompt_only,
+    report,
+    run_file,
+    run_name,
+)
+
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-RUNS = Path(__file__).resolve().parent / "runs" / "bench_quality"
 MODELS = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 """Model key -> recipe folder; the source and the calibrated teacher come from its negteacher.yaml."""
 
 
-@dataclass(frozen=True)
-class Task:
-    train: str
-    heldout: str
-    max_new_tokens: int
-    shown: tuple[str, ...]
-    chosen_max_new_tokens: int | None = None
-    """Prompt-only methods' chosen answers (None: `NEGATIVE_SAMPLING`'s limit); long enough to end."""
-
-
-COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin")
-TASKS = {"reverse": Task("bundled:reverse-train", "bundled:reverse-eval", 8, (*COMMON_METRICS, "exact_match",
-                                                                           "accepted_match")),
-         "definitions": Task("bundled:train", "bundled:eval", 48, (*COMMON_METRICS, "rougeL", "chrF",
-                                                                   "cut_off_fraction"), chosen_max_new_tokens=80)}
-"""The crisp task first: a reverse-dictionary answer is plainly right or wrong. The untrained model's definitions
-run past 32 tokens (the negatives' limit) 92-100% of the time: their chosen side gets 80 (prompt + answer fit in
-`max_length` 128)."""
-METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
-           "teacher": "negteacher, the model's calibrated teacher (sigmoid + sft)",
-           "int4": "negteacher, int4 teacher (weaker)",
-           "self_play": "self-play (the policy's own samples, online)",
-           "in_batch": "in-batch (other rows' references)",
-           "token": "token-level (sft + teacher_unlikelihood, no generation)",
-           "follow": "negteacher, the teacher following the policy (rebuilt every 4 steps)",
-           "band": "negteacher, pairs in the band (margin <= 1)",
-           "strength": "negteacher, strength by feedback (reward accuracy target 0.8)",
-           "po_distill": "prompts alone: SFT on the policy's best-of-4 answers (self-distillation)",
-           "po_self": "prompts alone: policy's best-of-4 vs its own sample",
-           "po_self_equal": "prompts alone: policy's best-of-4 vs its own sample, both at the chosen length limit",
-           "po_teacher": "prompts alone: policy's best-of-4 vs the teacher (sigmoid + sft)",
-           "po_delta": "prompts alone: policy's best-of-4 vs the teacher (sigmoid_norm, beta 5)",
-           "po_checkpoint": "prompts alone: the unquantized checkpoint's best-of-4 vs the teacher",
-           "po_checkpoint_distill": "prompts alone: SFT on the unquantized checkpoint's best-of-4 answers",
-           "po_teacher_sigmoid": "prompts alone: policy's best-of-4 vs the teacher (sigmoid alone)",
-           "po_teacher_norm": "prompts alone: policy's best-of-4 vs the teacher (sigmoid_norm alone, beta 0.1)",
-           "po_teacher_beta5": "prompts alone: policy's best-of-4 vs the teacher (sigmoid alone, beta 5)",
-           "po_checkpoint_delta": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher "
-                                   "(sigmoid_norm, beta 5)"),
-           "po_checkpoint_band": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher, "
-                                  "pairs in the band (margin <= 1)")}
-"""Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
-PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
-METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
-                 "in_batch": {"negative_source": "in_batch"}, "token": {"loss_type": ["sft", "teacher_unlikelihood"]},
-                 "follow": {"teacher_follow_every": 4}, "band": {"band_max_margin": 1.0},
-                 "strength": {"teacher_strength_target": 0.8},
-                 "po_distill": {**PROMPT_ONLY, "loss_type": ["sft"]},
-                 "po_self": {**PROMPT_ONLY, "negative_source": "self"},
-                 "po_self_equal": {**PROMPT_ONLY, "negative_source": "self"}, "po_teacher": PROMPT_ONLY,
-                 "po_delta": {**PROMPT_ONLY, "loss_type": ["sigmoid_norm"], "beta": 5.0},
-                 "po_checkpoint": {**PROMPT_ONLY, "chosen_source": "checkpoint"},
-                 "po_checkpoint_distill": {**PROMPT_ONLY, "chosen_source": "checkpoint", "loss_type": ["sft"]},
-                 "po_teacher_sigmoid": {**PROMPT_ONLY, "loss_type": ["sigmoid"]},
-                 "po_teacher_norm": {**PROMPT_ONLY, "loss_type": ["sigmoid_norm"]},
-                 "po_teacher_beta5": {**PROMPT_ONLY, "loss_type": ["sigmoid"], "beta": 5.0},
-                 "po_checkpoint_delta": {**PROMPT_ONLY, "chosen_source": "checkpoint", "loss_type": ["sigmoid_norm"],
-                                         "beta": 5.0},
-                 "po_checkpoint_band": {**PROMPT_ONLY, "chosen_source": "checkpoint", "band_max_margin": 1.0}}
-"""NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
-trains on the rows' prompts alone (their references dropped)."""
-NEGATIVES_AT_CHOSEN_LENGTH = {"po_self_equal"}
-"""Methods whose negatives get the chosen answers' token limit, so the pairs cannot differ by where they are cut."""
-UNTRAINED = "untrained"
 TRAINED_MARKER = "train_seconds.json"
 """Written in an adapter's folder after the adapter: its training finished."""
 CHOICE_ROWS = "bundled:reverse-eval"
 VALIDATION_CHOICE_ROWS = "bundled:reverse-train"
+TEST_CHOICE_ROWS = "bundled:reverse-test"
+"""The same 500 words as `bundled:test`: on the sealed split, multiple choice and the round trip share items."""
+SEALED_CHOICES = Path(__file__).resolve().parent / "sealed_choices.yaml"
+"""The settings the sealed split scores, committed before it is scored; `--final` refuses anything else."""
 NEGATIVE_SAMPLING = GenerationSettings(max_new_tokens=32, temperature=0.7, top_p=0.95, batch_size=16)
 logger = logging.getLogger("bench_quality")
 
@@ -220,45 +175,63 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
     return seconds
 
 
-def prompt_only(method: str) -> bool:
-    return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
-
-
-def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives) -> dict:
+def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives, judge) -> dict:
     start = time.perf_counter()
     scored = score_variant(model, tokenizer, data, engines=["builtin"], window=1, stride=1,
-                           batch_size=quality.batch_size, quality=quality, negatives=negatives)
+                           batch_size=quality.batch_size, quality=quality, negatives=negatives, judge=judge)
     return {"metrics": scored.row.metrics, "score_seconds": time.perf_counter() - start, "commit": git_commit(),
             "rows": {group: {k: v.tolist() for k, v in arrays.items()} for group, arrays in scored.rows.items()},
             "answers": [record["answers"] for record in scored.generations]}
 
 
-def rows_of(result: dict) -> dict:
-    return {group: {k: np.array(v) for k, v in arrays.items()} for group, arrays in result["rows"].items()}
+def backfill(result_file: Path, data: EvalData, tokenizer, judge) -> None:
+    """Add the content-seeing rows a run file scored before they existed, from its saved greedy answers: the
+    reverse task's first-word and anywhere matches, and the definitions' round trip (`judge` picks the word)."""
+    result = json.loads(result_file.read_text())
+    rows, answers = result["rows"], [samples[0] for samples in result["answers"]]
+    pairs = data.pairs[:len(answers)]
+    added = []
+    if any(p.accepted for p in pairs) and "first_word_match" not in rows["generation"]:
+        references = [[p.answer, *p.accepted] for p in pairs]
+        rows["generation"]["first_word_match"] = [float(first_word_match(a, r)) for a, r in zip(answers, references,
+                                                                                                 strict=True)]
+        rows["generation"]["accepted_anywhere"] = [float(accepted_anywhere(a, r)) for a, r in zip(answers, references,
+                                                                                                   strict=True)]
+        added.append("first word / anywhere")
+    if judge is not None and data.roundtrip_rows and "roundtrip" not in rows:
+        items = round_trip_items(data.roundtrip_rows, answers, tokenizer)
+        rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items)["choice_correct"].tolist()}
+        added.append("round trip")
+    if added:
+        result["metrics"] |= metrics({group: {k: np.array(v) for k, v in values.items()}
+                                      for group, values in rows.items()})
+        result["backfilled"] = {"rows": added, "commit": git_commit()}
+        atomic_write_json(result_file, result)
+        logger.info("%s: added %s", result_file.name, ", ".join(added))
 
 
-def seed_mean_rows(results: list[dict]) -> dict:
-    """Each row's score averaged over seeds (the bootstrap then resamples rows)."""
-    runs = [rows_of(r) for r in results]
-    return {group: {k: np.mean([run[group][k] for run in runs], axis=0) for k in runs[0][group]} for group in runs[0]}
+def sealed_choice_commit(task_key: str, args) -> str:
+    """The commit of `SEALED_CHOICES`, after checking that it is committed as it is and names every requested
+    setting: the sealed split scores only what was chosen before it was seen."""
+    name = SEALED_CHOICES.relative_to(Path(__file__).resolve().parent.parent)
+    status = subprocess.run(["git", "status", "--porcelain", "--", str(name)], capture_output=True, text=True,
+                            cwd=SEALED_CHOICES.parent).stdout.strip()
+    commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(name)], capture_output=True, text=True,
+                            cwd=SEALED_CHOICES.parent).stdout.strip()
+    if status or not commit:
+        raise SystemExit(f"--final: {name} must be committed unchanged before the sealed split is scored")
+    chosen = yaml.safe_load(SEALED_CHOICES.read_text())["settings"]
+    for method in args.methods:
+        if not any(c["task"] == task_key and c["steps"] == args.steps and method in c["methods"]
+                   and set(args.seeds) <= set(c["seeds"]) for c in chosen):
+            raise SystemExit(f"--final: {task_key}, {args.steps} steps, {method}, seeds {args.seeds} is not among the "
+                             f"settings {name} chose; the sealed split scores only those")
+    return commit
 
 
 def git_commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent).stdout.strip()
-
-
-def run_name(method: str, steps: int, seed: int, nf4: bool, chosen_max_new_tokens: int | None = None) -> str:
-    """What a run trains: its adapter's folder name, and the start of its result files' names."""
-    slug = re.sub(r"\W+", "_", METHODS.get(method, method)).strip("_")  # a relabelled method never reuses results
-    if prompt_only(method) and chosen_max_new_tokens is not None:
-        slug += f"-chosen_tokens={chosen_max_new_tokens}"
-    return f"{slug}-steps={steps}-seed={seed}-nf4={nf4}"
-
-
-def run_file(output: Path, model_key: str, task: str, method: str, steps: int, seed: int, nf4: bool,
-             sizes: str, chosen_max_new_tokens: int | None = None) -> Path:
-    return output / model_key / task / f"{run_name(method, steps, seed, nf4, chosen_max_new_tokens)}-{sizes}.json"
 
 
 def saved_training_seconds(work: Path) -> float | None:
@@ -268,75 +241,9 @@ def saved_training_seconds(work: Path) -> float | None:
     return json.loads(finished.read_text())["train_seconds"] if finished.is_file() else None
 
 
-def signed(value: float) -> str:
-    """A difference to 3 digits, with rounding noise of a mean over identical scores shown as 0."""
-    return f"{0.0 if abs(value) < 1e-12 else value:+.3g}"
-
-
-def difference_table(title: str, results: dict[str, list[dict]], against: str, shown, scored: str) -> list[str]:
-    baseline = seed_mean_rows(results[against])
-    lines = [f"{title}: paired bootstrap 95% interval over {scored} rows (per-row scores averaged over seeds), "
-             "and its half-width (about the smallest difference these rows can tell from zero); "
-             "* = the interval excludes 0", "",
-             "| method | " + " | ".join(metric_label(k) for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
-    for method, runs in results.items():
-        if method == against:
-            continue
-        diffs = paired_bootstrap(seed_mean_rows(runs), baseline, resamples=2000)
-        lines.append(f"| {method} | " + " | ".join(
-            f"{signed(diffs[k].difference)} [{signed(diffs[k].low)}, {signed(diffs[k].high)}] "
-            f"±{diffs[k].half_width:.2g}"
-            f"{'*' if diffs[k].excludes_zero else ''}" for k in shown) + " |")
-    return lines
-
-
-def seed_difference_table(title: str, results: dict[str, list[dict]], against: str, shown, seeds) -> list[str]:
-    """Per seed, each method's score minus `against`'s trained with the same seed: the training-seed spread that
-    the row intervals (over seed-averaged scores) leave out. Empty with one seed."""
-    if len(seeds) < 2:
-        return []
-    lines = [f"{title}, seed by seed (seeds {' / '.join(map(str, seeds))}: each run minus the one with its seed)", "",
-             "| method | " + " | ".join(metric_label(k) for k in shown) + " |", "|---" * (len(shown) + 1) + "|"]
-    for method, runs in results.items():
-        if method == against or len(runs) != len(results[against]):
-            continue
-        lines.append(f"| {method} | " + " | ".join(" / ".join(
-            signed(run["metrics"][k] - base["metrics"][k]) for run, base in zip(runs, results[against], strict=True))
-            for k in shown) + " |")
-    return ["", *lines]
-
-
-def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "held-out",
-           seeds: tuple[int, ...] = (0,), against: tuple[str, ...] = ()) -> str:
-    """The table of scores, then each method against the untrained model, SFT, the fixed teacher (when run) and
-    each method in `against`, over rows and seed by seed."""
-    shown = task.shown
-    sft = results.get(METHODS["sft"])
-    header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
-    lines = [f"#### {title}", "", header, "|---" * (len(shown) + 4) + "|"]
-    for method, runs in results.items():
-        cells = []
-        for key in shown:
-            values = np.array([r["metrics"][key] for r in runs])
-            spread = f" ± {values.std(ddof=1):.2g}" if len(values) > 1 else ""
-            cells.append(f"{values.mean():.4g}{spread}")
-        minutes = np.mean([r["train_seconds"] for r in runs]) / 60 if "train_seconds" in runs[0] else None
-        ratio = (f"{minutes * 60 / np.mean([r['train_seconds'] for r in sft]):.2f}x" if sft and minutes else "")
-        lines.append(f"| {method} | {len(runs)} | {'' if minutes is None else f'{minutes:.1f}'} | {ratio} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
-    if sft:
-        trained = {m: r for m, r in results.items() if m != UNTRAINED}
-        lines += ["", *difference_table("method - SFT", trained, METHODS["sft"], shown, scored),
-                  *seed_difference_table("method - SFT", trained, METHODS["sft"], shown, seeds)]
-    variants = {m: r for m, r in results.items() if m not in (UNTRAINED, METHODS["sft"])}
-    contrasts = {"the fixed teacher": METHODS["teacher"]}  # the following teacher, the band, ...: against it
-    contrasts |= {METHODS[m]: METHODS[m] for m in against}
-    for name, label in contrasts.items():
-        if label in variants and len(variants) > 1:
-            lines += ["", *difference_table(f"method - {name}", variants, label, shown, scored),
-                      *seed_difference_table(f"method - {name}", variants, label, shown, seeds)]
-    return "\n".join(lines)
+def split_kind(args) -> str:
+    """What the scored rows are, for titles: settings are chosen on validation rows, the sealed test is read once."""
+    return "sealed test" if args.final else "validation"
 
 
 def adapter_dir(args, model_key: str, task_key: str, method: str, seed: int, nf4: bool) -> Path:
@@ -367,6 +274,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     limit = args.heldout_rows
     scored, choice_rows = task.heldout, load_rows(CHOICE_ROWS)
     rows = load_rows(task.heldout)
+    if args.final:
+        scored, rows, choice_rows = task.test, load_rows(task.test), load_rows(TEST_CHOICE_ROWS)
     if args.validation:  # the training split's last rows, which no run here trains on
         scored = f"the last {args.validation} rows of {task.train}"
         train = load_rows(task.train)
@@ -376,13 +285,17 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
         rows = train[-args.validation:]
         choice_rows = load_rows(VALIDATION_CHOICE_ROWS)[-args.validation:]
     data = EvalData(scored, pairs=validate_rows(rows[:limit], tokenizer),
-                    choices=choice_items(choice_rows, tokenizer)[:limit])
-    task_dir = f"{task_key}-validation-{args.validation}" if args.validation else task_key
+                    choices=choice_items(choice_rows, tokenizer)[:limit],
+                    roundtrip_rows=round_trip_rows(choice_rows if args.final else rows)[:limit]
+                    if task_key == "definitions" else [])
+    task_dir = (f"{task_key}-validation-{args.validation}" if args.validation
+                else f"{task_key}-test" if args.final else task_key)
     quality = QualitySettings(generation_rows=args.generation_rows, max_new_tokens=task.max_new_tokens,
                               batch_size=args.batch_size)
     sizes = (f"rows={len(data.pairs)}-choices={len(data.choices)}-gen={quality.generation_rows}-pref={args.preference}"
              "-scored=dequantized")
     weights = checkpoint_weights(source)
+    judge = load_policy(source, nf4=False).eval() if data.roundtrip_rows else None
     base = load_policy(source, nf4)
     described = base_model_info(base).weights
     negatives = None
@@ -392,9 +305,13 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                       teacher_key=f"{teacher_spec}@{source}@nf4={nf4}", cache_dir=cache_dir())
         del teacher
     results: dict[str, list[dict]] = {}
+    sealed = {"sealed_choice_commit": sealed_choice_commit(task_key, args)} if args.final else {}
     untrained_file = run_file(output, model_key, task_dir, UNTRAINED, 0, 0, nf4, sizes)
     if not untrained_file.is_file():
-        atomic_write_json(untrained_file, score(for_scoring(base), tokenizer, data, quality, negatives))
+        atomic_write_json(untrained_file, {**score(for_scoring(base), tokenizer, data, quality, negatives, judge),
+                                           **sealed})
+    elif args.backfill:
+        backfill(untrained_file, data, tokenizer, judge)
     results[UNTRAINED] = [json.loads(untrained_file.read_text())]
     del base
     train_rows = load_rows(task.train)[: 4 * args.steps]
@@ -408,8 +325,10 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                 seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
                                         teacher_spec, weights, task.chosen_max_new_tokens)
                 model = trained_for_scoring(source, nf4, work)
-                atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives),
-                                                "train_seconds": seconds})
+                atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives, judge),
+                                                "train_seconds": seconds, **sealed})
+            elif args.backfill:
+                backfill(result_file, data, tokenizer, judge)
             results[METHODS[method]].append(json.loads(result_file.read_text()))
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
     preference += f"; training negatives of at most {NEGATIVE_SAMPLING.max_new_tokens} tokens"
@@ -419,18 +338,18 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
         preference += (f", prompt-only chosen answers of at most "
                        f"{task.chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens}")
     choices_from = (f"the last {args.validation} rows of {VALIDATION_CHOICE_ROWS}" if args.validation
-                    else CHOICE_ROWS)
+                    else TEST_CHOICE_ROWS if args.final else CHOICE_ROWS)
+    kind = split_kind(args)
     title = (f"{model_key}, {task_key} ({task.train} -> {scored}): {described}, "
              f"{'QLoRA' if nf4 else 'LoRA'} r16, {args.steps} steps x 4 rows, teacher `{teacher_spec}`; "
-             f"{len(data.pairs)} {'validation' if args.validation else 'held-out'} rows (perplexity), "
+             f"{len(data.pairs)} {kind} rows (perplexity), "
              f"{len(data.choices)} multiple-choice items (5 words, {choices_from}), "
              f"{min(quality.generation_rows, len(data.pairs))} greedy answers of at most {task.max_new_tokens} "
              f"tokens{preference}; scored with the {'NF4 weights dequantized once' if nf4 else 'fp32 weights'}"
              ", each adapter merged into them")
     runs = [r for runs in results.values() for r in runs]
     seconds = sum(r.get("train_seconds", 0) + r["score_seconds"] for r in runs)
-    kind = "validation" if args.validation else "held-out"
-    table = report(results, task, title, kind, tuple(args.seeds), tuple(args.against))
+    table = report(results, task, title, kind, tuple(args.against))
     return table, {r.get("commit", "?") for r in runs}, seconds
 
 
@@ -445,15 +364,20 @@ def main() -> None:
                         help="also print every other trained method minus these (each must be in --methods); "
                              "SFT and the fixed teacher are always contrasted")
     parser.add_argument("--steps", type=int, default=24, help="optimizer steps of 4 rows")
-    parser.add_argument("--heldout_rows", type=int, help="first N held-out rows and choice items (default: all)")
+    parser.add_argument("--heldout_rows", type=int, help="first N scored rows and choice items (default: all)")
     parser.add_argument("--validation", type=int, metavar="N",
                         help="score on the training split's last N rows (and multiple-choice items from "
-                             "reverse-train's last N) instead of the held-out split: choose settings here, then "
-                             "report held-out once")
+                             "reverse-train's last N) instead of the validation split")
     parser.add_argument("--generation_rows", type=int, default=300)
     parser.add_argument("--batch_size", type=int, default=32, help="scoring and generation batch")
     parser.add_argument("--preference", action="store_true", help="also preference accuracy vs teacher samples")
     parser.add_argument("--fp32", action="store_true", help="LoRA on the dequantized GGUF instead of NF4 QLoRA")
+    parser.add_argument("--final", action="store_true",
+                        help="score the sealed test split (bundled:test, bundled:reverse-test), once, for settings "
+                             "benchmarks/sealed_choices.yaml names and that is committed")
+    parser.add_argument("--backfill", action="store_true",
+                        help="add content-seeing rows (first word, anywhere, round trip) to finished run files "
+                             "that predate them, from their saved answers")
     parser.add_argument("--train_only", action="store_true",
                         help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
@@ -465,6 +389,8 @@ def main() -> None:
     if missing := set(args.against) - set(args.methods):
         parser.error(f"--against {' '.join(sorted(missing))}: expected methods named in --methods "
                      f"({' '.join(args.methods)})")
+    if args.final and args.validation:
+        parser.error("--final scores the sealed split and --validation the training split's last rows: pick one")
     if args.validation is not None and args.validation < 1:
         parser.error(f"--validation {args.validation}: expected a number of rows >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -489,9 +415,7 @@ def main() -> None:
     lead = (f"`{command}`: {time.strftime('%Y-%m-%d')}, {platform.machine()} {device}, {versions}; commit "
             f"{git_commit()} (runs scored at {', '.join(sorted(commits))}); the runs in these tables took "
             f"{compute / 60:.0f} min to train and score (recorded per run; model loading not counted), this "
-            f"invocation {time.perf_counter() - start:.0f} s (finished runs are reused). Seeds: {seeds}; with one "
-            f"seed the intervals cover the {'validation' if args.validation else 'held-out'} rows only, not "
-            "training-seed variance.")
+            f"invocation {time.perf_counter() - start:.0f} s (finished runs are reused). Seeds: {seeds}.")
     text = "\n\n".join([lead, *sections])
     atomic_write_text(output / "quality.md", text + "\n")
     print(text)

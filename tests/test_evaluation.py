@@ -77,7 +77,7 @@ def test_eval_on_plain_text_scores_sliding_windows_with_both_engines(saved_tiny,
     text.write_text("The broker bought the shares and sold them again before noon. " * 12)
     _eval(*saved_tiny, "--eval_dataset", str(text), "--window", "32", "--stride", "32")
     rows = {r["model"]: r["metrics"] for r in json.loads((saved_tiny[1] / "eval.json").read_text())["rows"]}
-    assert list(rows) == ["full-precision base", "base", "base + adapter", "negative teacher"]
+    assert list(rows) == ["unquantized checkpoint", "base", "base + adapter", "negative teacher"]
     for metrics in rows.values():
         assert metrics["word_perplexity/lm-eval"] == pytest.approx(metrics["word_perplexity/builtin"], rel=0.01)
         assert metrics["bits_per_byte/lm-eval"] == pytest.approx(metrics["bits_per_byte/builtin"], rel=0.01)
@@ -238,6 +238,7 @@ def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_
         assert metrics["choice_accuracy/builtin"] == metrics["choice_accuracy/lm-eval"], row["model"]
         assert 0 <= metrics["exact_match"] <= metrics["accepted_match"] <= 1
     assert any("multiple choice: 40 items" in note for note in report["notes"])
-    assert report["notes"][:2] == ["full-precision base: the local checkpoint base", "base: the local checkpoint base"]
+    assert report["notes"][:2] == ["unquantized checkpoint: the local checkpoint base",
+                                   "base: the local checkpoint base"]
     assert "multiple choice acc." in (run / "eval.md").read_text()
 

@@ -13,8 +13,17 @@ from transformers import DynamicCache
 from hf_negteacher.data import BUNDLED_SPLITS, DATA_DIR
 from hf_negteacher.data.build_wordnet_definitions import build_splits
 from hf_negteacher.data.rows import load_rows, validate_rows
-from hf_negteacher.evaluation.generation_quality import exact_match
-from hf_negteacher.evaluation.multiple_choice import ChoiceDataError, ChoiceItem, choice_items, choice_rows
+from hf_negteacher.evaluation.generation_quality import accepted_anywhere, exact_match, first_word_match
+from hf_negteacher.evaluation.multiple_choice import (
+    ChoiceDataError,
+    ChoiceItem,
+    choice_items,
+    choice_rows,
+    end_of_turn_text,
+    masked_definition,
+    round_trip_items,
+    round_trip_rows,
+)
 
 WORDNET = Path("/usr/share/wordnet")
 
@@ -68,6 +77,53 @@ def test_every_bundled_file_rebuilds_byte_for_byte_from_wordnet(tmp_path):
     ("The brake", ["brake"], False), ("brakes", ["brake"], False), ("", ["brake"], False)])
 def test_exact_match_ignores_case_and_surrounding_punctuation_only(answer, references, expected):
     assert exact_match(answer, references) is expected
+
+
+@pytest.mark.parametrize("answer, first, anywhere", [
+    ("Maestro.", True, True), ("Maestro, a master of an art", True, True), ("A master.", False, True),
+    ("The word is brake", False, False), ("", False, False), ("masterful", False, False)])
+def test_first_word_and_anywhere_see_the_word_in_an_answer_that_runs_on(answer, first, anywhere):
+    assert first_word_match(answer, ["master", "maestro"]) is first
+    assert accepted_anywhere(answer, ["master", "maestro"]) is anywhere
+    assert not exact_match(answer, ["master", "maestro"]) or first  # exact match implies the first word
+
+
+def test_round_trip_items_put_the_masked_generated_definition_before_the_same_options(smol_tokenizer):
+    rows = load_rows("bundled:reverse-test")
+    generated = ['The noun "Steeply" means steeply, in a steep manner.', ""]
+    items, reference = round_trip_items(rows, generated, smol_tokenizer), choice_items(rows, smol_tokenizer)
+    assert len(items) == 2 and [(i.choices, i.label) for i in items] == [(i.choices, i.label) for i in reference[:2]]
+    assert 'means: "The noun "___" means ___, in a steep manner."?' in items[0].prompt
+    assert masked_definition("", ["x"]) == "___" and masked_definition("Steeply.", ["steeply"]) == "___."
+    definitions = round_trip_rows(load_rows("bundled:test"))  # the definitions split names the same words
+    assert [(i.choices, i.label) for i in round_trip_items(definitions, generated, smol_tokenizer)] == [
+        (i.choices, i.label) for i in reference[:2]]
+    assert round_trip_rows([{"messages": []}]) == []
+
+
+def test_the_ended_choice_score_reads_each_option_followed_by_the_end_of_turn(smol_tokenizer):
+    assert end_of_turn_text(smol_tokenizer) == "<|im_end|>"
+    items = [ChoiceItem("p", ("ab", "a"), 1)]
+
+    class Model:  # the scores are read through option_logprobs: plant them per option text
+        pass
+
+    seen = []
+
+    def fake_scores(model, tokenizer, items, batch_size):
+        seen.append([c for item in items for c in item.choices])
+        # bare: the prefix "a" of "ab" scores higher; ended: "ab<|im_end|>" scores higher
+        return np.array([[0.0, 1.0]]) if len(seen) == 1 else np.array([[1.0, 0.0]])
+
+    import hf_negteacher.evaluation.multiple_choice as mc
+
+    original, mc._option_scores = mc._option_scores, fake_scores
+    try:
+        rows = choice_rows(Model(), smol_tokenizer, items, end_of_turn="<|im_end|>")
+    finally:
+        mc._option_scores = original
+    assert seen == [["ab", "a"], ["ab<|im_end|>", "a<|im_end|>"]]
+    assert rows["choice_correct"].tolist() == [1.0] and rows["choice_correct_ended"].tolist() == [0.0]
 
 
 def test_reverse_rows_keep_their_accepted_answers(smol_tokenizer):

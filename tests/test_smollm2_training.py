@@ -121,7 +121,7 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8",
           "--generation_rows", "4", "--max_new_tokens", "16"])  # generation is tested elsewhere; keep CI short
     again = json.loads((tmp_path / "eval.json").read_text())["rows"]
-    assert [r["model"] for r in again][0] == "full-precision base"
+    assert [r["model"] for r in again][0] == "unquantized checkpoint"
     full, *rest = (r["metrics"]["answer_perplexity/builtin"] for r in again)
     assert rest == pytest.approx([base, adapted, teacher], rel=1e-4)
     assert full < base  # NF4 costs the base some perplexity

@@ -223,12 +223,16 @@ def eval_command(argv: list[str]) -> None:
     else:
         full_precision = load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval()
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
-        weights = [f"full-precision base: {base_model_info(full_precision).weights}",
+        weights = [f"unquantized checkpoint: {base_model_info(full_precision).weights}",
                    f"base: {base_model_info(base).weights}"]
     output_dir = Path(args.output_dir)
+    judge = None
+    if quality is not None and data.roundtrip_rows:
+        judge = (full_precision if not eval_args.compare
+                 else load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval())
     outcome = evaluate(variants, tokenizer, data, settings, teacher=teacher, teacher_spec=args.teacher,
                        output_dir=output_dir, negatives=negatives, compare=names,
-                       notes=[] if eval_args.compare else weights)
+                       notes=[] if eval_args.compare else weights, judge=judge)
     print(to_markdown(outcome.table, data_args.eval_dataset, outcome.notes))
     if eval_args.compare:
         print("\n" + compare_markdown(outcome.differences, names[0], names[1]))
@@ -238,7 +242,7 @@ def eval_command(argv: list[str]) -> None:
         update_card_evaluation(output_dir / "README.md", to_eval_results(outcome.table, data_args.eval_dataset))
     tasks = write_tasks(output_dir / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
     print(f"\nwrote eval.md, eval.json, eval.png in {output_dir}. The same tasks with the plain lm-eval command "
-          f"line (full-precision base + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},"
+          f"line (the unquantized checkpoint + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},"
           f"peft={output_dir} --include_path {output_dir / 'lm_eval_tasks'} --tasks {','.join(tasks)} --device cpu")
 
 

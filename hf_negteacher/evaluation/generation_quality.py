@@ -43,8 +43,9 @@ def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: Q
                     processor: ProcessorFactory | None = None) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Per prompt: mean rougeL, chrF, words, empty and cut-off (no end of turn within max_new_tokens) over
     `num_samples` answers; where the rows list `accepted` answers (a crisp task), also the exact match with
-    the reference and with any accepted answer; and one readable record per prompt. `processor`: as in
-    `generate_answers` (contrastive decoding)."""
+    the reference and with any accepted answer, and whether an accepted answer is the answer's first word or any
+    of its words (an answer that runs on past the word still counts); and one readable record per prompt.
+    `processor`: as in `generate_answers` (contrastive decoding)."""
     from tqdm.auto import tqdm
 
     pairs = list(pairs)[: settings.generation_rows]
@@ -64,6 +65,10 @@ def generation_rows(model, tokenizer, pairs: Sequence[PromptAnswer], settings: Q
                                for a in samples]
         flat["accepted_match"] = [float(exact_match(a, [p.answer, *p.accepted]))
                                   for p, samples in zip(pairs, answers, strict=True) for a in samples]
+        flat["first_word_match"] = [float(first_word_match(a, [p.answer, *p.accepted]))
+                                    for p, samples in zip(pairs, answers, strict=True) for a in samples]
+        flat["accepted_anywhere"] = [float(accepted_anywhere(a, [p.answer, *p.accepted]))
+                                     for p, samples in zip(pairs, answers, strict=True) for a in samples]
     rows = {key: np.array(values).reshape(len(pairs), settings.num_samples).mean(1) for key, values in flat.items()}
     records = [{"answers": samples, "rougeL": float(rows["rougeL"][i]), "chrF": float(rows["chrF"][i])}
                for i, samples in enumerate(answers)]
@@ -78,3 +83,19 @@ def normalized_answer(text: str) -> str:
 def exact_match(answer: str, references: Sequence[str]) -> bool:
     """Whether `answer`, normalized, equals one of `references`, normalized."""
     return normalized_answer(answer) in {normalized_answer(r) for r in references}
+
+
+def answer_words(text: str) -> list[str]:
+    """The answer's words, lower case, without the punctuation around them."""
+    return [word for word in (normalized_answer(w) for w in text.split()) if word]
+
+
+def first_word_match(answer: str, references: Sequence[str]) -> bool:
+    """Whether the answer's first word, normalized, is one of `references`."""
+    words = answer_words(answer)
+    return bool(words) and words[0] in {normalized_answer(r) for r in references}
+
+
+def accepted_anywhere(answer: str, references: Sequence[str]) -> bool:
+    """Whether any word of the answer, normalized, is one of `references`."""
+    return bool(set(answer_words(answer)) & {normalized_answer(r) for r in references})

@@ -10,11 +10,17 @@ Items come from rows that name a word, its part of speech and its definition (th
   neutral prompt (lm-eval's `acc_mutual_info`), since a definition's own prior swamps the raw score.
 
 Distractors are drawn once per row from a seeded generator, and never include the row's accepted words.
+
+Two readings of generated text reuse the `word` items: `choice_rows(..., end_of_turn=...)` also scores each
+option followed by the chat template's end of turn (a bare word that the model would go on past scores lower),
+and `round_trip_items` puts a model's generated definition in the prompt, for a frozen judge to pick the word
+from: a definition counts when it carries the word's meaning, whatever its wording or length.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -77,14 +83,57 @@ def choice_items(rows: Sequence[Mapping], tokenizer, *, direction: str = "word",
 
 
 def choice_rows(model, tokenizer, items: Sequence[ChoiceItem], *, neutral: Sequence[ChoiceItem] | None = None,
-                batch_size: int = 16) -> dict[str, np.ndarray]:
+                batch_size: int = 16, end_of_turn: str | None = None) -> dict[str, np.ndarray]:
     """Per item: 1.0 where the right option has the highest summed log-likelihood (minus its log-likelihood
-    under `neutral`, the same items after a neutral prompt, when given), else 0.0; ties go to the first."""
+    under `neutral`, the same items after a neutral prompt, when given), else 0.0; ties go to the first. With
+    `end_of_turn` (see `end_of_turn_text`), also `choice_correct_ended`: each option followed by it, so an
+    option counts as the whole answer rather than as the start of a longer one."""
     scores = _option_scores(model, tokenizer, items, batch_size)
     if neutral is not None:
         scores = scores - _option_scores(model, tokenizer, neutral, batch_size)
     labels = np.array([item.label for item in items])
-    return {"choice_correct": (scores.argmax(1) == labels).astype(float)}
+    rows = {"choice_correct": (scores.argmax(1) == labels).astype(float)}
+    if end_of_turn:
+        ended = [ChoiceItem(i.prompt, tuple(c + end_of_turn for c in i.choices), i.label) for i in items]
+        rows["choice_correct_ended"] = (_option_scores(model, tokenizer, ended, batch_size).argmax(1)
+                                        == labels).astype(float)
+    return rows
+
+
+def end_of_turn_text(tokenizer) -> str:
+    """What the chat template writes right after an assistant's answer (`<|im_end|>` for ChatML), without the
+    whitespace that follows it."""
+    marker = "\x00"
+    turns = [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}]
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False)
+    after = rendered[rendered.rindex(marker) + len(marker):].split()
+    return after[0] if after else ""
+
+
+def round_trip_rows(rows: Sequence[Mapping]) -> list[dict]:
+    """Definitions rows (`word`, `pos`, the reference as the last message) as multiple-choice rows, for
+    `round_trip_items`; [] when they name no word or part of speech."""
+    if not rows or not all(row.get("word") and row.get("pos") in POS_NAMES for row in rows):
+        return []
+    return [{"word": row["word"], "pos": row["pos"], "accepted": row.get("accepted") or [row["word"]],
+             "definition": row.get("definition") or row["messages"][-1]["content"]} for row in rows]
+
+
+def masked_definition(text: str, words: Sequence[str]) -> str:
+    """`text` with every word that starts with one of `words` (any case) replaced by `___`: a definition that
+    names its word gives the judge nothing to read."""
+    pattern = "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+    masked = re.sub(rf"\b(?:{pattern})\w*", "___", text.strip(), flags=re.IGNORECASE) if pattern else text.strip()
+    return masked or "___"
+
+
+def round_trip_items(rows: Sequence[Mapping], definitions: Sequence[str], tokenizer, *, options: int = 5,
+                     seed: int = 0) -> list[ChoiceItem]:
+    """One `word` item per generated definition (row i's word, given `definitions[i]`, masked): the options and
+    right answer of `choice_items(rows)`, since the distractors are drawn from the rows alone."""
+    swapped = [{**row, "definition": masked_definition(text, row.get("accepted") or [row["word"]])}
+               for row, text in zip(rows, definitions, strict=False)]
+    return choice_items([*swapped, *rows[len(swapped):]], tokenizer, options=options, seed=seed)[:len(definitions)]
 
 
 def _option_scores(model, tokenizer, items: Sequence[ChoiceItem], batch_size: int) -> np.ndarray:

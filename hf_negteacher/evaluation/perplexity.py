@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.rows import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
 from ..logprobs import answer_logprobs, sliding_window_logprob
-from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items
+from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items, round_trip_rows
 from .statistics import answer_perplexity
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ class EvalData:
     pairs: list[PromptAnswer] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     choices: list[ChoiceItem] = field(default_factory=list)
+    roundtrip_rows: list[dict] = field(default_factory=list)
+    """Definitions rows as multiple-choice rows, aligned with `pairs`: a judge picks each row's word from its
+    generated definition (`multiple_choice.round_trip_items`)."""
 
 
 def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_column: str = "text",
@@ -59,7 +62,7 @@ def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_col
             choices = choice_items(rows, tokenizer)
         except ChoiceDataError as error:
             logger.info("%s: no multiple-choice score (%s)", source, error)
-    return EvalData(source, pairs=pairs, choices=choices)
+    return EvalData(source, pairs=pairs, choices=choices, roundtrip_rows=[] if choices else round_trip_rows(rows))
 
 
 def check_engines(engines: Sequence[str]) -> None:

@@ -1,4 +1,4 @@
-"""The evaluation table: each model variant (full-precision base, 4-bit base, + adapter, teacher) scored
+"""The evaluation table: each model variant (unquantized checkpoint, 4-bit base, + adapter, teacher) scored
 on the same rows; markdown, JSON, a PNG chart and model-index entries for the card."""
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ LABELS = {
     "rougeL": "ROUGE-L", "chrF": "chrF", "words": "words", "empty_fraction": "empty", "cut_off_fraction": "cut off",
     "preference_accuracy": "pref. acc.", "preference_accuracy_per_token": "pref. acc. per token",
     "preference_margin": "pref. margin (nats)", "exact_match": "exact match", "accepted_match": "any accepted",
-    "choice_accuracy": "multiple choice acc.",
+    "choice_accuracy": "multiple choice acc.", "choice_accuracy_ended": "multiple choice acc., ended",
+    "first_word_match": "first word right", "accepted_anywhere": "word anywhere", "roundtrip_accuracy": "round trip",
 }
 ADAPTER_SUFFIX = "+ adapter"
 

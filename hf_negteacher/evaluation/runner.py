@@ -1,6 +1,6 @@
 """Score every model of an evaluation on the same rows and write the report: what `negteacher eval` runs.
 
-The variants are the full-precision base, the 4-bit base, the base + adapter and the teacher (or two
+The variants are the unquantized checkpoint, the 4-bit base, the base + adapter and the teacher (or two
 adapters side by side for `--compare`); each gets perplexity by every engine and, on prompt/answer data,
 generated-answer quality and held-out preference accuracy, and multiple-choice accuracy where the rows allow.
 """
@@ -19,7 +19,7 @@ from ..generation import ProcessorFactory
 from ..teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
 from .comparison import write_comparison
 from .generation_quality import QualitySettings, generation_rows
-from .multiple_choice import choice_rows
+from .multiple_choice import choice_rows, end_of_turn_text, round_trip_items
 from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_metrics, perplexity_metrics
 from .preference import preference_rows
 from .report import ADAPTER_SUFFIX, EvalRow, write_table
@@ -56,7 +56,7 @@ def model_variants(model, *, teacher=None, full_precision=None) -> Iterator[tupl
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base_name = "4-bit base" if getattr(base, "is_loaded_in_4bit", False) else "base"
     if full_precision is not None:
-        yield "full-precision base", full_precision
+        yield "unquantized checkpoint", full_precision
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
             yield base_name, model
@@ -91,10 +91,12 @@ class ModelScores:
 def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
                   batch_size: int, quality: QualitySettings | None = None,
                   negatives: Sequence[str] | None = None, name: str = "model",
-                  processor: ProcessorFactory | None = None) -> ModelScores:
+                  processor: ProcessorFactory | None = None, judge=None) -> ModelScores:
     """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
-    generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding) and (with
-    `negatives`) held-out preference accuracy; on data with multiple-choice items, their accuracy."""
+    generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding), (with
+    `negatives`) held-out preference accuracy and (with a frozen `judge` model, on definitions rows) the round
+    trip: the judge picks each row's word among 5 from the generated definition; on data with multiple-choice
+    items, their accuracy, bare and with the end of turn after each option."""
     if not data.pairs:
         return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
                                                             stride=stride, batch_size=batch_size)), {}, [])
@@ -104,8 +106,13 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
         rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)
         if negatives is not None:
             rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
+        if judge is not None and data.roundtrip_rows:
+            items = round_trip_items(data.roundtrip_rows, [g["answers"][0] for g in generations], tokenizer)
+            rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items,
+                                                                  batch_size=batch_size)["choice_correct"]}
     if data.choices:
-        rows["choice"] = choice_rows(model, tokenizer, data.choices, batch_size=batch_size)
+        rows["choice"] = choice_rows(model, tokenizer, data.choices, batch_size=batch_size,
+                                     end_of_turn=end_of_turn_text(tokenizer))
     scored = metrics(rows)
     if "lm-eval" in engines:
         scored |= lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
@@ -122,17 +129,17 @@ def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *,
 
 def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, settings: EvalSettings, *,
              teacher, teacher_spec: str, output_dir: str | Path, negatives: Sequence[str] | None = None,
-             compare: Sequence[str] = (), notes: Sequence[str] = ()) -> EvalOutcome:
+             compare: Sequence[str] = (), notes: Sequence[str] = (), judge=None) -> EvalOutcome:
     """Score each (name, model) of `variants` and write `eval.md/json/png` (and `generations.jsonl` on
     prompt/answer data with quality metrics) in `output_dir`; with `compare` (the two adapters' names),
     also `compare.md/json/png` with every metric's A - B and its paired bootstrap interval. `notes` lead the
-    table's footnotes (which weights each row is, for example)."""
+    table's footnotes (which weights each row is, for example). `judge`: the frozen model of the round trip."""
     contrast = settings.contrast
     decoding = teacher_for_decoding(teacher, settings.dequantize_once) if contrast else contextlib.nullcontext()
     with decoding:
         scores = [score_variant(model, tokenizer, data, engines=settings.engines, window=settings.window,
                                 stride=settings.stride, batch_size=settings.batch_size, quality=settings.quality,
-                                negatives=negatives, name=name,
+                                negatives=negatives, name=name, judge=judge,
                                 processor=contrast_with(teacher, contrast) if contrast and model is not teacher
                                 else None)
                   for name, model in variants]
@@ -165,7 +172,11 @@ def _notes(teacher_spec: str, data: EvalData, settings: EvalSettings) -> list[st
                      f"reference vs one teacher negative per row")
     if data.choices:
         notes.append(f"multiple choice: {len(data.choices)} items, given the definition which of "
-                     f"{len(data.choices[0].choices)} words of the same part of speech (highest log-likelihood)")
+                     f"{len(data.choices[0].choices)} words of the same part of speech (highest log-likelihood of "
+                     "the bare word; 'ended': of the word followed by the end of turn)")
+    if data.roundtrip_rows and quality is not None:
+        notes.append("round trip: the unquantized checkpoint (untrained) picks the word among 5 (same part of speech) "
+                     "from each generated definition, the word itself masked")
     return notes
 
 
