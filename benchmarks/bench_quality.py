@@ -286,7 +286,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
         choice_rows = load_rows(VALIDATION_CHOICE_ROWS)[-args.validation:]
     data = EvalData(scored, pairs=validate_rows(rows[:limit], tokenizer),
                     choices=choice_items(choice_rows, tokenizer)[:limit],
-                    roundtrip_rows=round_trip_rows(choice_rows if args.final else rows)[:limit]
+                    roundtrip_rows=round_trip_rows(choice_rows if args.final else rows)
                     if task_key == "definitions" else [])
     task_dir = (f"{task_key}-validation-{args.validation}" if args.validation
                 else f"{task_key}-test" if args.final else task_key)

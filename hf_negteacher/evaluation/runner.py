@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,13 @@ from ..generation import ProcessorFactory
 from ..teacher.contrastive import ContrastSettings, contrast_with, teacher_for_decoding
 from .comparison import write_comparison
 from .generation_quality import QualitySettings, generation_rows
-from .multiple_choice import choice_rows, end_of_turn_text, round_trip_items
+from .multiple_choice import ChoiceDataError, choice_rows, end_of_turn_text, round_trip_items
 from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_metrics, perplexity_metrics
 from .preference import preference_rows
 from .report import ADAPTER_SUFFIX, EvalRow, write_table
 from .statistics import Difference, RowScores, metrics, paired_bootstrap
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -107,9 +110,13 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
         if negatives is not None:
             rows["preference"] = preference_rows(model, tokenizer, data.pairs, negatives, batch_size=batch_size)
         if judge is not None and data.roundtrip_rows:
-            items = round_trip_items(data.roundtrip_rows, [g["answers"][0] for g in generations], tokenizer)
-            rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items,
-                                                                  batch_size=batch_size)["choice_correct"]}
+            try:
+                items = round_trip_items(data.roundtrip_rows, [g["answers"][0] for g in generations], tokenizer)
+            except ChoiceDataError as error:
+                logger.info("no round trip on %s: %s", data.source, error)
+            else:
+                rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items,
+                                                                      batch_size=batch_size)["choice_correct"]}
     if data.choices:
         rows["choice"] = choice_rows(model, tokenizer, data.choices, batch_size=batch_size,
                                      end_of_turn=end_of_turn_text(tokenizer))
