@@ -215,9 +215,9 @@ def sealed_choice_commit(task_key: str, args) -> str:
     setting: the sealed split scores only what was chosen before it was seen."""
     name = SEALED_CHOICES.relative_to(Path(__file__).resolve().parent.parent)
     status = subprocess.run(["git", "status", "--porcelain", "--", str(name)], capture_output=True, text=True,
-                            cwd=SEALED_CHOICES.parent).stdout.strip()
+                            cwd=SEALED_CHOICES.parent.parent).stdout.strip()
     commit = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(name)], capture_output=True, text=True,
-                            cwd=SEALED_CHOICES.parent).stdout.strip()
+                            cwd=SEALED_CHOICES.parent.parent).stdout.strip()
     if status or not commit:
         raise SystemExit(f"--final: {name} must be committed unchanged before the sealed split is scored")
     chosen = yaml.safe_load(SEALED_CHOICES.read_text())["settings"]
