@@ -307,6 +307,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     results: dict[str, list[dict]] = {}
     sealed = {"sealed_choice_commit": sealed_choice_commit(task_key, args)} if args.final else {}
     untrained_file = run_file(output, model_key, task_dir, UNTRAINED, 0, 0, nf4, sizes)
+    if args.backfill and not untrained_file.is_file():
+        raise SystemExit(f"--backfill: {untrained_file} was never scored; run without --backfill first")
     if not untrained_file.is_file():
         atomic_write_json(untrained_file, {**score(for_scoring(base), tokenizer, data, quality, negatives, judge),
                                            **sealed})
@@ -320,6 +322,9 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
         for seed in args.seeds:
             result_file = run_file(output, model_key, task_dir, method, args.steps, seed, nf4, sizes,
                                    task.chosen_max_new_tokens)
+            if args.backfill and not result_file.is_file():
+                logger.info("--backfill: %s was never scored; skipped", result_file.name)
+                continue
             if not result_file.is_file():
                 work = adapter_dir(args, model_key, task_key, method, seed, nf4)
                 seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
@@ -330,6 +335,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             elif args.backfill:
                 backfill(result_file, data, tokenizer, judge)
             results[METHODS[method]].append(json.loads(result_file.read_text()))
+    results = {method: runs for method, runs in results.items() if runs}
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
     preference += f"; training negatives of at most {NEGATIVE_SAMPLING.max_new_tokens} tokens"
     if task.chosen_max_new_tokens and NEGATIVES_AT_CHOSEN_LENGTH & set(args.methods):
@@ -377,7 +383,7 @@ def main() -> None:
                              "benchmarks/sealed_choices.yaml names and that is committed")
     parser.add_argument("--backfill", action="store_true",
                         help="add content-seeing rows (first word, anywhere, round trip) to finished run files "
-                             "that predate them, from their saved answers")
+                             "that predate them, from their saved answers; trains and scores nothing new")
     parser.add_argument("--train_only", action="store_true",
                         help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
