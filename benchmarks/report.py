@@ -30,6 +30,9 @@ from hf_negteacher.evaluation.statistics import seed_row_bootstrap  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
+README = HERE.parent / "README.md"
+README_BLOCK = ("<!-- report:verdicts -->\n", "<!-- /report:verdicts -->")
+"""The README's verdict table lies between these lines; `--write` puts the report's in."""
 SEALED_CHOICES = HERE / "sealed_choices.yaml"
 FILE_NAME = re.compile(r"(?P<slug>.+?)(?:-chosen_tokens=\d+)?-steps=(?P<steps>\d+)-seed=(?P<seed>\d+)"
                        r"-nf4=(?P<nf4>True|False)-rows=.*\.json")
@@ -134,11 +137,16 @@ def build(runs: Path = RUNS) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.relative_to(HERE.parent)}")
+    parser.add_argument("--write", action="store_true",
+                        help="also write benchmarks/RESULTS.md and the README's verdict table")
     args = parser.parse_args()
     text = build()
     if args.write:
         atomic_write_text(RESULTS, text)
+        readme = README.read_text()
+        start, end = readme.index(README_BLOCK[0]) + len(README_BLOCK[0]), readme.index(README_BLOCK[1])
+        table = verdicts(discover(), yaml.safe_load(SEALED_CHOICES.read_text()))
+        atomic_write_text(README, readme[:start] + table + "\n" + readme[end:])
     print(text)
 
 

