@@ -236,9 +236,24 @@ def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_
     for row in report["rows"]:
         metrics = row["metrics"]
         assert metrics["choice_accuracy/builtin"] == metrics["choice_accuracy/lm-eval"], row["model"]
-        assert 0 <= metrics["exact_match"] <= metrics["accepted_match"] <= 1
+        assert 0 <= metrics["exact_match"] <= metrics["accepted_match"] <= metrics["accepted_anywhere"] <= 1
+        assert metrics["first_word_match"] <= metrics["accepted_anywhere"]
+        assert 0 <= metrics["choice_accuracy_ended/builtin"] <= 1
     assert any("multiple choice: 40 items" in note for note in report["notes"])
     assert report["notes"][:2] == ["unquantized checkpoint: the local checkpoint base",
                                    "base: the local checkpoint base"]
     assert "multiple choice acc." in (run / "eval.md").read_text()
+    assert "first word right" in (run / "eval.md").read_text()
+
+
+def test_eval_on_definitions_reports_the_round_trip_judged_by_the_unquantized_checkpoint(saved_tiny, tmp_path):
+    base_dir, run = saved_tiny
+    _eval(base_dir, run, "--eval_dataset", "bundled:eval", "--num_eval_rows", "100", "--generation_rows", "6",
+          "--max_new_tokens", "4", "--negatives_max_new_tokens", "4")
+    report = json.loads((run / "eval.json").read_text())
+    scores = {row["model"]: row["metrics"]["roundtrip_accuracy"] for row in report["rows"]}
+    assert set(scores) == {"unquantized checkpoint", "base", "base + adapter", "negative teacher"}
+    assert all(value in {k / 6 for k in range(7)} for value in scores.values())  # 6 answers judged, 0/1 each
+    assert any(note.startswith("round trip: the unquantized checkpoint") for note in report["notes"])
+    assert "round trip" in (run / "eval.md").read_text()
 

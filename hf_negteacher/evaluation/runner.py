@@ -113,7 +113,7 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
             try:
                 items = round_trip_items(data.roundtrip_rows, [g["answers"][0] for g in generations], tokenizer)
             except ChoiceDataError as error:
-                logger.info("no round trip on %s: %s", data.source, error)
+                logger.warning("no round trip on %s: %s", data.source, error)
             else:
                 rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items,
                                                                       batch_size=batch_size)["choice_correct"]}
