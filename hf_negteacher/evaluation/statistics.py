@@ -121,10 +121,13 @@ def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores],
     of seeds). Seed-to-seed variance of training is then in the interval, which a bootstrap over rows of
     seed-averaged scores leaves out. `a_runs[i]` pairs with `b_runs[i]` (same seed); a
     single B run (an untrained model) pairs with every A run. With fewer than `min_seeds` seeds the seeds cannot
-    be resampled usefully: the interval is over rows of seed-averaged scores (`over_seeds` False)."""
+    be resampled usefully: the interval is over rows of seed-averaged scores (`over_seeds` False). Only the row
+    groups and per-row scores that every run of both sides holds are compared (a run scored before a score existed
+    lacks it)."""
     b_runs = list(b_runs) * len(a_runs) if len(b_runs) == 1 else list(b_runs)
     if len(a_runs) != len(b_runs) or not a_runs:
         raise ValueError(f"{len(a_runs)} runs of A and {len(b_runs)} of B: expected one B run per seed, or one B run")
+    a_runs, b_runs = _shared_scores([*a_runs, *b_runs], len(a_runs))
     per_seed = [{key: float(a[0] - b[0]) for (key, a), b in zip(aggregate(run_a).items(), aggregate(run_b).values(),
                                                                   strict=True)}
                 for run_a, run_b in zip(a_runs, b_runs, strict=True)]
@@ -151,6 +154,15 @@ def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores],
     return {key: SeedDifference(point_a[key], point_b[key], float(np.mean([p[key] for p in per_seed])),
                                 float(np.percentile(total[key], tail)), float(np.percentile(total[key], 100 - tail)),
                                 tuple(p[key] for p in per_seed)) for key in per_seed[0]}
+
+
+def _shared_scores(runs: Sequence[RowScores], split: int) -> tuple[list[RowScores], list[RowScores]]:
+    """Every run cut to the groups and per-row keys all of them hold; then split into the first `split` and the
+    rest."""
+    groups = set.intersection(*(set(run) for run in runs))
+    keys = {g: set.intersection(*(set(run[g]) for run in runs)) for g in groups}
+    cut = [{g: {k: run[g][k] for k in run[g] if k in keys[g]} for g in run if g in groups} for run in runs]
+    return cut[:split], cut[split:]
 
 
 def _seed_mean(runs: Sequence[RowScores]) -> RowScores:
