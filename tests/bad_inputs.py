@@ -128,7 +128,7 @@ CASES = [
          lambda tmp: _train("--dataset", _file(tmp, "rows.jsonl", ""))(tmp), "is empty"),
     Case("dataset-csv", "a dataset in an unsupported format (.csv)",
          lambda tmp: _train("--dataset", _file(tmp, "rows.csv", "a,b\n"))(tmp), "expected bundled:train"),
-    Case("dataset-bundled-split", "a bundled split that does not exist", _train("--dataset", "bundled:test"),
+    Case("dataset-bundled-split", "a bundled split that does not exist", _train("--dataset", "bundled:tets"),
          "allowed bundled splits"),
     Case("dataset-columns", "rows with columns no format knows",
          lambda tmp: _train("--dataset", _jsonl(tmp, [{"question": "q", "answer": "a"}]))(tmp),

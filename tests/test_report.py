@@ -35,3 +35,23 @@ def test_every_figure_the_readme_quotes_is_in_the_report(report_output):
     assert quoted  # the README does quote results
     missing = sorted({figure for figure in quoted if figure not in report_output})
     assert not missing, f"README figures no run file regenerates: {missing}"
+
+
+def test_every_sealed_run_was_chosen_in_a_committed_file_before_it_was_scored():
+    import json
+
+    import yaml
+
+    chosen = yaml.safe_load((ROOT / "benchmarks" / "sealed_choices.yaml").read_text())["settings"]
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import FILE_NAME, SLUGS
+
+    sealed = sorted((ROOT / "benchmarks" / "runs" / "bench_quality").glob("*/*-test/*.json"))
+    for path in sealed:
+        match = FILE_NAME.fullmatch(path.name)
+        run = json.loads(path.read_text())
+        assert run.get("sealed_choice_commit"), path.name  # --final recorded which committed choice it scored
+        method, task = SLUGS[match["slug"]], path.parent.name.removesuffix("-test")
+        assert method == "untrained" or any(
+            c["task"] == task and c["steps"] == int(match["steps"]) and method in c["methods"]
+            and int(match["seed"]) in c["seeds"] for c in chosen), path.name

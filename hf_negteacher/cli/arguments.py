@@ -42,8 +42,9 @@ class CalibrateArguments:
     """`negteacher calibrate`: sweep teacher settings and recommend one."""
 
     dataset: str = field(default="bundled:eval", metadata={
-        "help": "bundled:train, bundled:eval, bundled:reverse-train, bundled:reverse-eval, or a .jsonl/.json file "
-                "of SFT-style rows."})
+        "help": "bundled:train, bundled:eval, bundled:reverse-train, bundled:reverse-eval, bundled:test, "
+                "bundled:reverse-test (the sealed split: score it once, after choosing), or a .jsonl/.json file of "
+                "SFT-style rows."})
     num_rows: int = field(default=48, metadata={"help": "Rows of the dataset to score (from the start)."})
     grid: list[str] = field(default_factory=lambda: [c.to_spec() for c in default_grid()], metadata={
         "help": "Teacher settings, each `quantizer[,field=value...]`, e.g. int3,group_size=32 or "
