@@ -204,6 +204,36 @@ def verdicts(found, choices: dict) -> str:
             "each setting minus its control, 95% interval\n\n" + "\n".join(lines))
 
 
+def teacher_table(run: dict) -> str:
+    """The markdown table of a `bench_teacher.py` run file (the speed columns only where it timed generation)."""
+    speed = run["rows"][0]["tokens_per_s"]
+    header = ["model", "bits/weight (block Linears)", "own memory (MiB)", "own / NF4 policy footprint"]
+    if speed is not None:
+        header += ["tokens/s", "speed / fp32", "dequantized once per generate: tokens/s", "speed / fp32"]
+    lines = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}; model {run['model']}"
+             + (f"; batch {run['batch']}, {run['new_tokens']} new tokens, greedy" if speed is not None else ""), "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in run["rows"]:
+        bits = "~4.1" if row["bits_per_weight"] is None else f"{row['bits_per_weight']:.2f}"
+        cells = [row["model"], bits, f"{row['mib']:.1f}", f"{row['mib'] / run['nf4_mib']:.2f}x"]
+        if speed is not None:
+            for key in ("tokens_per_s", "once_tokens_per_s"):
+                value = row.get(key)
+                cells += ["", ""] if value is None else [f"{value:.1f}", f"{value / speed:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def teacher_section() -> str:
+    """The crippled copy's memory (and, from a run alone on the machine, its speed), from `bench_teacher.py`'s
+    run files."""
+    runs = sorted((HERE / "runs" / "bench_teacher").glob("*.json"))
+    text = ("## The teacher: memory and speed\n\nThe crippled copy is stored packed and shares the policy's "
+            "embeddings, norms and LM head; its own memory is the packed block weights and their scales. Speeds "
+            "come only from a run alone on the machine (`memory_speed.json`); `--memory-only` runs have none.")
+    return "\n\n".join([text, *(teacher_table(json.loads(path.read_text())) for path in runs)]) if runs else text
+
+
 def _rows(run: dict) -> dict:
     import numpy as np
 
@@ -217,7 +247,7 @@ def build(runs: Path = RUNS) -> str:
             "`benchmarks/runs/bench_quality/` (each table names the commit its runs were scored at). Every "
             "number here is a validation number unless its table says *sealed test*.")
     return "\n\n".join([head, "## Verdicts\n\n" + verdicts(found, choices), *sections(found), metrics_check(found),
-                        cost(found)]) + "\n"
+                        cost(found), teacher_section()]) + "\n"
 
 
 def main() -> None:
