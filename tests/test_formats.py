@@ -65,7 +65,7 @@ def test_dataset_files_are_checked(tmp_path):
     with pytest.raises(DataFormatError, match="not found"):
         load_rows(str(tmp_path / "missing.jsonl"))
     with pytest.raises(DataFormatError, match=r"allowed bundled splits are bundled:train, bundled:eval"):
-        load_rows("bundled:test")
+        load_rows("bundled:tets")
     (tmp_path / "rows.json").write_text(json.dumps([MESSAGES]))
     assert load_rows(str(tmp_path / "rows.json")) == [MESSAGES]
 
