@@ -132,6 +132,18 @@ def interval_kind(results: dict[str, list[dict]], scored: str) -> str:
             "variance is not in the interval")
 
 
+def paired_runs(runs: list[dict], against: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The runs of both sides trained with the same seeds (by their `seed`, where recorded, else in order); a single
+    run of `against` (the untrained model) stands for every seed."""
+    if len(against) == 1 and against[0].get("seed", 0) == 0 and "train_seconds" not in against[0]:
+        return runs, against
+    if all("seed" in r for r in [*runs, *against]):
+        common = {r["seed"] for r in runs} & {r["seed"] for r in against}
+        return [r for r in runs if r["seed"] in common], [r for r in against if r["seed"] in common]
+    n = min(len(runs), len(against))
+    return runs[:n], against[:n]
+
+
 def difference_table(title: str, results: dict[str, list[dict]], against: str, shown, scored: str) -> list[str]:
     """Each method minus `against`: the mean over seeds, its interval (`seed_row_bootstrap`), * where it excludes
     0, and each seed's own difference."""
@@ -140,12 +152,14 @@ def difference_table(title: str, results: dict[str, list[dict]], against: str, s
     for method, runs in results.items():
         if method == against:
             continue
-        diffs = seed_row_bootstrap([rows_of(r) for r in runs], [rows_of(r) for r in results[against]],
-                                   min_seeds=MIN_SEEDS)
+        a, b = paired_runs(runs, results[against])
+        if not a:
+            continue
+        diffs = seed_row_bootstrap([rows_of(r) for r in a], [rows_of(r) for r in b], min_seeds=MIN_SEEDS)
         lines.append(f"| {method} | " + " | ".join(
             f"{signed(diffs[k].difference)} [{signed(diffs[k].low)}, {signed(diffs[k].high)}]"
             f"{'*' if diffs[k].excludes_zero else ''}"
-            + (f" ({' / '.join(signed(d) for d in diffs[k].per_seed)})" if len(runs) > 1 else "")
+            + (f" ({' / '.join(signed(d) for d in diffs[k].per_seed)})" if len(a) > 1 else "")
             if k in diffs else "" for k in shown) + " |")
     return lines
 
@@ -169,8 +183,8 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
         lines.append(f"| {method} | {len(runs)} | {'' if minutes is None else f'{minutes:.1f}'} | {ratio} | "
                      + " | ".join(cells) + " |")
     lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
-    if sft:
-        trained = {m: r for m, r in results.items() if m != UNTRAINED}
+    trained = {m: r for m, r in results.items() if m != UNTRAINED}
+    if sft and len(trained) > 1:
         lines += ["", *difference_table("method - SFT", trained, METHODS["sft"], shown, scored)]
     variants = {m: r for m, r in results.items() if m not in (UNTRAINED, METHODS["sft"])}
     contrasts = {"the fixed teacher": METHODS["teacher"]}  # the following teacher, the band, ...: against it

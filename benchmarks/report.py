@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_runs import METHODS, MIN_SEEDS, RUNS, TASKS, UNTRAINED, report  # noqa: E402  (sibling module)
+from quality_runs import METHODS, MIN_SEEDS, RUNS, TASKS, UNTRAINED, report, rows_of  # noqa: E402  (sibling module)
 
 from hf_negteacher.atomic_write import atomic_write_text  # noqa: E402
 from hf_negteacher.evaluation.report import metric_label  # noqa: E402
@@ -149,7 +149,7 @@ def metrics_check(found) -> str:
         sft, untrained = found.get((task, 24, "sft")), found.get((task, 0, UNTRAINED))
         if not sft or not untrained:
             continue
-        diff = seed_row_bootstrap([_rows(r) for r in sft], [_rows(untrained[0])], min_seeds=MIN_SEEDS)
+        diff = seed_row_bootstrap([rows_of(r) for r in sft], [rows_of(untrained[0])], min_seeds=MIN_SEEDS)
         kind = "seeds and rows" if len(sft) >= MIN_SEEDS else "rows only"
         for key in keys:
             if key in diff:
@@ -164,9 +164,9 @@ def cost(found) -> str:
     lines = ["## Cost: training time", "",
              "Minutes to train (mean over seeds) as recorded in each run file, and the ratio to SFT on the same task "
              "and budget. The runs trained two at a time on the 2-core machine with `OMP_NUM_THREADS=1` each, so read "
-             "the ratios, not the minutes. Generation share and peak memory come from `benchmarks/bench_cost.py`, "
-             "the teacher's memory and speed from `benchmarks/bench_teacher.py`: they print their tables when run "
-             "alone on the machine; no run file of theirs is committed, so no figure of theirs is quoted here.", "",
+             "the ratios, not the minutes. The share of a step spent generating negatives and peak memory come from "
+             "`benchmarks/bench_cost.py`, run alone on the machine; no run file of its is committed, so no figure of "
+             "its is quoted here. The teacher's own memory is in the next section.", "",
              "| task | steps | method | seeds | train min | / SFT |", "|---|---|---|---|---|---|"]
     for (task_dir, steps, method), runs in sorted(found.items()):
         if task_dir not in TASKS or method == UNTRAINED or "train_seconds" not in runs[0]:
@@ -183,8 +183,8 @@ def verdicts(found, choices: dict) -> str:
     once scored, on the sealed test split (two-level intervals where there are three seeds)."""
     lines = ["| question | setting | validation | sealed test |", "|---|---|---|---|"]
     for choice in choices["settings"]:
-        method, control = (m for m in choice["methods"] if m != choice["against"]), choice["against"]
-        method = next(method)
+        control = choice["against"]
+        method = next(m for m in choice["methods"] if m != control)
         cells = []
         for task_dir in (choice["task"], f"{choice['task']}-test"):
             a, b = found.get((task_dir, choice["steps"], method)), found.get((task_dir, choice["steps"], control))
@@ -192,8 +192,8 @@ def verdicts(found, choices: dict) -> str:
                 cells.append("not scored yet")
                 continue
             seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
-            diff = seed_row_bootstrap([_rows(r) for r in a if r["seed"] in seeds],
-                                      [_rows(r) for r in b if r["seed"] in seeds], min_seeds=MIN_SEEDS)
+            diff = seed_row_bootstrap([rows_of(r) for r in a if r["seed"] in seeds],
+                                      [rows_of(r) for r in b if r["seed"] in seeds], min_seeds=MIN_SEEDS)
             d = diff[choices["lead_metric"]]
             kind = "seeds and rows" if d.over_seeds else "rows only"
             cells.append(f"{d.a:.3f} vs {d.b:.3f}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
@@ -232,12 +232,6 @@ def teacher_section() -> str:
             "embeddings, norms and LM head; its own memory is the packed block weights and their scales. Speeds "
             "come only from a run alone on the machine (`memory_speed.json`); `--memory-only` runs have none.")
     return "\n\n".join([text, *(teacher_table(json.loads(path.read_text())) for path in runs)]) if runs else text
-
-
-def _rows(run: dict) -> dict:
-    import numpy as np
-
-    return {group: {k: np.array(v) for k, v in arrays.items()} for group, arrays in run["rows"].items()}
 
 
 def build(runs: Path = RUNS) -> str:
