@@ -165,14 +165,14 @@ def difference_table(title: str, results: dict[str, list[dict]], against: str, s
 
 
 def report(results: dict[str, list[dict]], task: Task, title: str, scored: str = "validation",
-           against: tuple[str, ...] = ()) -> str:
+           against: tuple[str, ...] = (), yardsticks: dict[str, list[dict]] | None = None) -> str:
     """The table of scores, then each method against the untrained model, SFT, the fixed teacher (when run) and
-    each method in `against`."""
+    each method in `against`. `yardsticks`: rows shown in the score table only (the unquantized checkpoint)."""
     shown = [k for k in task.shown if any(k in runs[0]["metrics"] for runs in results.values())]
     sft = results.get(METHODS["sft"])
     header = "| method | seeds | train min | / SFT | " + " | ".join(metric_label(k) for k in shown) + " |"
     lines = [f"#### {title}", "", header, "|---" * (len(shown) + 4) + "|"]
-    for method, runs in results.items():
+    for method, runs in {**(yardsticks or {}), **results}.items():
         cells = []
         for key in shown:
             values = np.array([r["metrics"][key] for r in runs if key in r["metrics"]])

@@ -38,6 +38,8 @@ SEALED_CHOICES = HERE / "sealed_choices.yaml"
 FILE_NAME = re.compile(r"(?P<slug>.+?)(?:-chosen_tokens=\d+)?-steps=(?P<steps>\d+)-seed=(?P<seed>\d+)"
                        r"-nf4=(?P<nf4>True|False)-rows=.*\.json")
 SLUGS = {re.sub(r"\W+", "_", label).strip("_"): key for key, label in METHODS.items()} | {UNTRAINED: UNTRAINED}
+CHECKPOINT = "checkpoint"
+"""The untrained unquantized checkpoint (the Q4_1 GGUF dequantized to fp32): what recovery aims at."""
 SPLITS = {"": "validation (the old held-out rows)", "-validation-500": "validation (training split's last 500 rows)",
           "-test": "sealed test"}
 SECTIONS = [
@@ -70,14 +72,17 @@ METRICS_CHECK = {"reverse": ("first_word_match", "accepted_anywhere", "exact_mat
 
 
 def discover(model_key: str = "smollm2", runs: Path = RUNS) -> dict[tuple[str, int, str], list[dict]]:
-    """(task dir, steps, method) -> its runs (nf4 only), each with its `seed`, sorted by seed."""
+    """(task dir, steps, method) -> its runs of the NF4 policy, each with its `seed`, sorted by seed; and
+    `CHECKPOINT`: the untrained unquantized checkpoint, where it was scored."""
     found: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
     for path in sorted((runs / model_key).glob("*/*.json")):
         match = FILE_NAME.fullmatch(path.name)
-        if not match or match["nf4"] != "True" or match["slug"] not in SLUGS:
+        if not match or match["slug"] not in SLUGS:
             continue
-        run = json.loads(path.read_text()) | {"seed": int(match["seed"])}
-        found[(path.parent.name, int(match["steps"]), SLUGS[match["slug"]])].append(run)
+        method = SLUGS[match["slug"]] if match["nf4"] == "True" else CHECKPOINT if match["slug"] == UNTRAINED else None
+        if method:
+            run = json.loads(path.read_text()) | {"seed": int(match["seed"])}
+            found[(path.parent.name, int(match["steps"]), method)].append(run)
     return {key: sorted(value, key=lambda r: r["seed"]) for key, value in found.items()}
 
 
@@ -116,8 +121,10 @@ def table(found, task_dir: str, steps: int, methods, against: str) -> str | None
     seeds = sorted({r["seed"] for m in present for r in found[(task_dir, steps, m)]})
     title = (f"{task}, {steps} steps, {split} split; SmolLM2-135M-Instruct (the Q4_1 GGUF dequantized to fp32), "
              f"NF4 policy + QLoRA r16; scored at {', '.join(commits)} ({commit_date(commits)})")
+    checkpoint = found.get((task_dir, 0, CHECKPOINT))
+    yardsticks = {"untrained unquantized checkpoint (no NF4)": checkpoint} if checkpoint else {}
     body = report(results, TASKS[task], title, split.split(" ")[0] + (" test" if split == "sealed test" else ""),
-                  extra)
+                  extra, yardsticks)
     head, rest = body.split("\n", 1)
     return f"{head}\n\n`{command(task_dir, steps, present, seeds)}`\n{rest}"
 
