@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import PeftModel
@@ -50,6 +51,30 @@ def train_tiny(tiny_base_dir, tmp_path, *flags):
     output_dir = tmp_path / "run"
     main(["train", str(recipe), "--model_name_or_path", str(tiny_base_dir), "--output_dir", str(output_dir), *flags])
     return output_dir
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_same_command_resumes(tiny_base_dir, tmp_path, capsys, monkeypatch):
+    from hf_negteacher.training.trainer import NegativeTeacherTrainer
+
+    step = NegativeTeacherTrainer.training_step
+    calls = []
+
+    def interrupted_at_the_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(NegativeTeacherTrainer, "training_step", interrupted_at_the_second_step)
+    with pytest.raises(SystemExit) as stopped:
+        train_tiny(tiny_base_dir, tmp_path, "--base_model_id", HUB_ID)
+    assert stopped.value.code == 130
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("negteacher train: interrupted at step 1; run the same command again and it resumes "
+                              "from ") and message.endswith("checkpoint-1")
+    output_dir = train_tiny(tiny_base_dir, tmp_path, "--base_model_id", HUB_ID)
+    assert len(calls) == 3  # the resumed run trains step 2 alone
+    assert (output_dir / "adapter_model.safetensors").is_file()
 
 
 def test_adapter_names_the_hub_base_everywhere_and_loads_from_a_hub_snapshot(tiny_base_dir, tmp_path, caplog):

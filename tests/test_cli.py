@@ -38,6 +38,13 @@ def test_sections_flatten_and_command_line_overrides_win():
     assert same.max_steps == 3 and same.loss_type == ["sigmoid", "sft"]
 
 
+@pytest.mark.parametrize("value", ["none", "None", ""])
+def test_eval_dataset_none_skips_the_held_out_table_as_help_says(value):
+    recipe = Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "negteacher.yaml"
+    assert parse(TYPES, [str(recipe), "--eval_dataset", value], "test")[1].eval_dataset is None
+    assert parse(TYPES, [str(recipe)], "test")[1].eval_dataset == "bundled:eval"
+
+
 def _recipe_with(tmp_path, **sections) -> Path:
     """The default SmolLM2 recipe with `sections`' fields added, written to tmp_path."""
     raw = yaml.safe_load((Path(__file__).parent.parent / "recipes" / "smollm2-135m" / "negteacher.yaml").read_text())

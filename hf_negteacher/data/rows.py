@@ -35,7 +35,7 @@ def load_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataFormatError(f"dataset file {str(path)!r} not found")
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # -sig: a byte-order mark (Windows editors) is not a row
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
@@ -68,14 +68,14 @@ def _load_file_or_folder(path: Path) -> list[dict]:
         return _load_saved_dataset(path)
     if path.suffix == ".json" and path.is_file():
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as error:
             raise DataFormatError(f"{path}:{error.lineno}:{error.colno}: not valid JSON ({error.msg})") from None
         if not isinstance(rows, list) or not rows:
             raise DataFormatError(f"dataset file {source!r} must hold a non-empty JSON list of rows")
         return rows
     if path.suffix == ".txt" and path.is_file():
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         if not text.strip():
             raise DataFormatError(f"text file {source!r} is empty")
         return [{"text": text}]
