@@ -148,6 +148,12 @@ class NegativeTeacherConfig(DPOConfig):
         if self.max_steps == 0 or self.max_steps < -1:
             raise ConfigError(f"max_steps={self.max_steps}: give a positive number of optimizer steps, or -1 to train "
                               f"for num_train_epochs={self.num_train_epochs:g} epochs")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:  # torch's DataLoader would refuse it only after the model has loaded
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        for name in ("learning_rate", "weight_decay", "warmup_ratio", "beta"):
+            if getattr(self, name, 0) < 0:  # torch's optimizer would refuse a negative rate only at the first step
+                raise ConfigError(f"{name}={getattr(self, name):g} must be >= 0")
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
         try:
