@@ -69,6 +69,8 @@ CASES = [
          "not found"),
     Case("recipe-not-yaml", "a recipe that is not valid YAML",
          lambda tmp: ["train", _file(tmp, "r.yaml", "model: [unclosed\n")], "not valid YAML"),
+    Case("recipe-empty", "an empty (0-byte) recipe", lambda tmp: ["train", _file(tmp, "r.yaml", "")],
+         "empty; expected a mapping of fields"),
     Case("recipe-list", "a recipe that is a list, not a mapping",
          lambda tmp: ["train", _file(tmp, "r.yaml", "- a\n- b\n")], "expected a mapping of fields, got list"),
     Case("recipe-unknown-key", "a misspelt key in a recipe section",

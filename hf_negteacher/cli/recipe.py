@@ -86,9 +86,11 @@ def load_recipe(path: str | Path, dataclass_types: tuple[type, ...]) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as error:
         raise RecipeError(f"recipe {path}: not valid YAML ({' '.join(str(error).split())})") from None
+    if raw is None:  # a 0-byte or comments-only file: training on the command line's defaults is never meant
+        raise RecipeError(f"recipe {path}: empty; expected a mapping of fields (see recipes/ for examples)")
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path}: expected a mapping of fields, got {type(raw).__name__}")
     # Annotations, not `Field.type`: HfArgumentParser rewrites the latter in place (a union becomes `str`).
