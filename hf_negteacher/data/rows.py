@@ -138,6 +138,11 @@ def to_prompt_answer(row: dict, tokenizer, *, require_answer: bool = True) -> Pr
     """Render a row's prompt as the model sees it (chat template when conversational); a prompt-only row
     (answer "") is an error unless `require_answer` is False."""
     prompt, reference = split_conversation(row)
+    for side, value in (("prompt", prompt), ("answer", reference)):
+        texts = [m["content"] for m in value] if _is_conversation(value) else [value] if value is not None else []
+        if wrong := [t for t in texts if not isinstance(t, str)]:
+            raise DataFormatError(f"the {side} must be text (or chat messages with text content), got "
+                                  f"{type(wrong[0]).__name__} {str(wrong[0])[:40]!r}")
     if reference is None:
         if require_answer:
             raise DataFormatError("a prompt alone, with no reference answer: SFT and chosen_source=reference need "
