@@ -115,6 +115,13 @@ class ModelSourceError(ValueError):
     """A model source cannot be resolved; the message says what was tried."""
 
 
+def decoder_block_count(source: str) -> int:
+    """The model's number of decoder blocks, from its config alone (no weights are read)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_source(source)).get_text_config().num_hidden_layers
+
+
 def cache_dir() -> Path:
     """Where converted checkpoints are kept (`NEGTEACHER_CACHE`, else ~/.cache/hf_negteacher)."""
     return Path(os.environ.get("NEGTEACHER_CACHE", Path.home() / ".cache" / "hf_negteacher"))

@@ -90,6 +90,8 @@ CASES = [
          "sideways"),
     Case("max-steps-zero", "--max_steps 0", _train("--max_steps", "0"), "max_steps=0: give a positive number"),
     Case("max-steps-negative", "--max_steps -5", _train("--max_steps", "-5"), "max_steps=-5"),
+    Case("teacher-blocks-outside", "teacher blocks the model does not have", _train("--teacher", "int3,blocks=0-99"),
+         "the model has"),
     Case("learning-rate-negative", "--learning_rate -1", _train("--learning_rate", "-1"),
          "learning_rate=-1 must be >= 0"),
     Case("batch-size-zero", "--per_device_train_batch_size 0", _train("--per_device_train_batch_size", "0"),

@@ -58,13 +58,14 @@ def _epoch_steps(num_rows: int, args: NegativeTeacherConfig) -> int:
 
 
 def _prepare(argv: list[str], prog: str):
-    from ..models import load_tokenizer
+    from ..models import decoder_block_count, load_tokenizer
     from ..training.chosen_sources import chosen_source, reads_reference
     from ..training.negative_sources import negative_source, setup_sources
 
     model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
     _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
+    args.teacher_config().check_blocks(decoder_block_count(model_args.model_name_or_path))
     chosen = chosen_source(args.chosen_source)
     train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length,
                             require_answer=reads_reference(chosen), drop_references=data_args.drop_references)
@@ -153,13 +154,16 @@ def calibrate_command(argv: list[str]) -> None:
 
     from ..data.rows import load_rows, validate_rows
     from ..generation import GenerationSettings
-    from ..models import checkpoint_weights, load_causal_lm, load_tokenizer
+    from ..models import checkpoint_weights, decoder_block_count, load_causal_lm, load_tokenizer
     from ..teacher.calibrate import calibrate
 
     model_args, args = parse((NegTeacherModelConfig, CalibrateArguments), argv, "negteacher calibrate")
     grid = args.teacher_configs()
     _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
+    blocks = decoder_block_count(model_args.model_name_or_path)
+    for config in grid:
+        config.check_blocks(blocks)
     pairs = validate_rows(load_rows(args.dataset)[: args.num_rows], tokenizer)
     model = load_causal_lm(model_args.model_name_or_path, quantization=get_quantization_config(model_args),
                            dtype=model_args.dtype)

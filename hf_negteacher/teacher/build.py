@@ -110,10 +110,8 @@ def _quantizable_linears(model: nn.Module, config: TeacherConfig) -> Iterator[tu
     blocks = decoder_blocks(model)
     prefix = next(name for name, module in model.named_modules() if module is blocks)
     count = len(blocks)
+    config.check_blocks(count)
     indices = range(count) if config.blocks is None else config.blocks
-    bad = [i for i in indices if not -count <= i < count]
-    if bad:
-        raise TeacherConfigError(f"teacher blocks={config.blocks} has indices {bad} outside 0..{count - 1}")
     found = 0
     for index in sorted({i % count for i in indices}):
         for name, module in blocks[index].named_modules():

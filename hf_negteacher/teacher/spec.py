@@ -78,6 +78,14 @@ class TeacherConfig:
         if self.blocks is not None and not all(isinstance(b, int) for b in self.blocks):
             raise TeacherConfigError(f"teacher blocks={self.blocks!r} must be a list of block indices")
 
+    def check_blocks(self, count: int) -> None:
+        """Refuse block indices a model of `count` decoder blocks does not have, naming them as ranges."""
+        outside = sorted({b for b in self.blocks or () if not -count <= b < count})
+        if outside:
+            raise TeacherConfigError(f"teacher blocks={_format_blocks(self.blocks)}: the model has {count} decoder "
+                                     f"blocks (0-{count - 1}, or -{count}..-1 from the end); "
+                                     f"{_format_blocks(outside)} are not among them")
+
     def to_spec(self) -> str:
         """Compact text form, e.g. `int3,group_size=64,blocks=0-14`; `from_spec` reads it back."""
         parts = [self.quantizer]
