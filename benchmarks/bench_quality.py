@@ -40,6 +40,7 @@ nothing; `--backfill` adds content-seeing rows to run files that predate them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
@@ -229,7 +230,9 @@ def sealed_choice_commit(task_key: str, args) -> str:
     return commit
 
 
+@functools.cache
 def git_commit() -> str:
+    """The commit this process started at: the code that scored, whatever is committed while it runs."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           cwd=Path(__file__).parent).stdout.strip()
 
@@ -400,6 +403,7 @@ def main() -> None:
     if args.validation is not None and args.validation < 1:
         parser.error(f"--validation {args.validation}: expected a number of rows >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    git_commit()  # cached now: every run file of this invocation names the commit it started at
     if args.train_only:
         for model_key in args.models:
             for task_key in args.tasks:
