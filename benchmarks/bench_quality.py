@@ -317,7 +317,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                            **sealed})
     elif args.backfill:
         backfill(untrained_file, data, tokenizer, judge)
-    results[UNTRAINED] = [json.loads(untrained_file.read_text())]
+    results[UNTRAINED] = [json.loads(untrained_file.read_text()) | {"seed": None}]
     del base
     train_rows = load_rows(task.train)[: 4 * args.steps]
     for method in args.methods:
@@ -337,7 +337,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                                                 "train_seconds": seconds, **sealed})
             elif args.backfill:
                 backfill(result_file, data, tokenizer, judge)
-            results[METHODS[method]].append(json.loads(result_file.read_text()))
+            results[METHODS[method]].append(json.loads(result_file.read_text()) | {"seed": seed})
     results = {method: runs for method, runs in results.items() if runs}
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
     preference += f"; training negatives of at most {NEGATIVE_SAMPLING.max_new_tokens} tokens"

@@ -133,15 +133,12 @@ def interval_kind(results: dict[str, list[dict]], scored: str) -> str:
 
 
 def paired_runs(runs: list[dict], against: list[dict]) -> tuple[list[dict], list[dict]]:
-    """The runs of both sides trained with the same seeds (by their `seed`, where recorded, else in order); a single
-    run of `against` (the untrained model) stands for every seed."""
-    if len(against) == 1 and against[0].get("seed", 0) == 0 and "train_seconds" not in against[0]:
+    """The runs of both sides trained with the same `seed`; `against`'s single untrained run stands for every
+    seed."""
+    if against[0]["seed"] is None:
         return runs, against
-    if all("seed" in r for r in [*runs, *against]):
-        common = {r["seed"] for r in runs} & {r["seed"] for r in against}
-        return [r for r in runs if r["seed"] in common], [r for r in against if r["seed"] in common]
-    n = min(len(runs), len(against))
-    return runs[:n], against[:n]
+    common = {r["seed"] for r in runs} & {r["seed"] for r in against}
+    return [r for r in runs if r["seed"] in common], [r for r in against if r["seed"] in common]
 
 
 def difference_table(title: str, results: dict[str, list[dict]], against: str, shown, scored: str) -> list[str]:
