@@ -1,5 +1,9 @@
 """Recipes and the command line: every recipe validates, overrides apply, errors name the key."""
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ from hf_negteacher.cli.arguments import DataArguments, NegTeacherModelConfig
 from hf_negteacher.cli.recipe import RecipeError, load_recipe, parse
 from hf_negteacher.training.config import NegativeTeacherConfig
 
+ROOT = Path(__file__).parent.parent
 TYPES = (NegTeacherModelConfig, DataArguments, NegativeTeacherConfig)
 RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
 
@@ -134,3 +139,29 @@ def test_help_lists_every_field_with_defaults(capsys):
     with main_help:
         main(["--help"])
     assert "calibrate" in capsys.readouterr().out
+
+
+def _own_output_first(command: list[str], tmp_path) -> str:
+    """Run `negteacher ...` in a fresh process; fail if any line comes before the command's own first line."""
+    done = subprocess.run([sys.executable, "-m", "hf_negteacher.cli", *command], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in (done.stderr + done.stdout).replace("\r", "\n").splitlines() if line.strip()]
+    first = next(line for line in lines if not re.search(r"\d+%\|", line))  # progress bars aside
+    assert first.startswith(("usage: negteacher", "INFO hf_negteacher")), first
+    for noise in ("FutureWarning", "kernels-community", "warnings.warn"):
+        assert noise not in done.stderr
+    return done.stdout
+
+
+def test_help_prints_only_its_own_text(tmp_path):
+    assert _own_output_first(["--help"], tmp_path).startswith("usage: negteacher COMMAND")
+
+
+def test_default_train_command_opens_with_its_own_line_and_logs_numbers(tmp_path):
+    out = _own_output_first(["train", str(ROOT / "recipes/smollm2-135m/negteacher.yaml"), "--output_dir", "run",
+                             "--max_steps", "1", "--num_train_rows", "4", "--eval_dataset", "none",
+                             "--save_strategy", "no", "--negatives_max_new_tokens", "8", "--logging_steps", "1"],
+                            tmp_path)
+    logged = next(line for line in out.splitlines() if line.startswith("{'loss'"))
+    assert re.match(r"\{'loss': \d+\.\d+, 'grad_norm': \d+\.\d+", logged), logged

@@ -6,8 +6,7 @@ import difflib
 import logging
 import sys
 
-from .commands import calibrate_command, eval_command, generate_command, push_command, train_command
-from .recipe import RecipeError
+from .quiet import silence_known_noise
 
 USAGE = """usage: negteacher COMMAND [RECIPE.yaml] [--field value ...]
 
@@ -21,8 +20,7 @@ commands:
 `negteacher COMMAND --help` lists every field with its default."""
 
 
-COMMANDS = {"train": train_command, "generate": generate_command, "calibrate": calibrate_command,
-            "eval": eval_command, "push": push_command}
+COMMANDS = ("train", "generate", "calibrate", "eval", "push")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,9 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"negteacher: unknown command {argv[0]!r}; {hint}(commands: {', '.join(COMMANDS)}; see "
               "negteacher --help)", file=sys.stderr)
         sys.exit(2)
+    silence_known_noise()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from . import commands  # torch, transformers and TRL load here, after the filters, and not for --help
+    from .recipe import RecipeError
+
     try:
-        COMMANDS[argv[0]](argv[1:])
+        getattr(commands, f"{argv[0]}_command")(argv[1:])
     except (RecipeError, ValueError, FileNotFoundError) as error:
         if isinstance(error, RecipeError) or type(error).__module__.startswith("hf_negteacher"):
             print(f"negteacher {argv[0]}: {error}", file=sys.stderr)

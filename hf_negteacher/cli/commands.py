@@ -89,9 +89,12 @@ def train_command(argv: list[str]) -> None:
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
-    if args.max_steps < 0:
-        logger.info("max_steps=-1: training for num_train_epochs=%g over %d rows, %d optimizer steps",
-                    args.num_train_epochs, len(rows), _epoch_steps(len(rows), args))
+    steps = args.max_steps if args.max_steps > 0 else _epoch_steps(len(rows), args)
+    epochs = "" if args.max_steps > 0 else f" (max_steps=-1: num_train_epochs={args.num_train_epochs:g})"
+    weights = "4-bit NF4" if model_args.load_in_4bit else model_args.dtype
+    logger.info("training %s%s (%s) on %d rows of %s, teacher %s, %d optimizer steps%s; output in %s",
+                "a LoRA adapter on " if model_args.use_peft else "", model_args.model_name_or_path, weights, len(rows),
+                data_args.dataset, args.teacher, steps, epochs, args.output_dir)
     model = _load_policy(model_args, args.use_cpu)
     trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer,
                                      peft_config=get_peft_config(model_args),

@@ -30,6 +30,7 @@ from .negative_sources import NegativeSource, setup_sources
 from .negative_sources import negative_source as negative_source_named
 from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
 from .online import KeepExamples, OnlinePairs, online_rows
+from .progress import use_numeric_log_lines
 from .teacher_updates import TeacherUpdates
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
+        use_numeric_log_lines(self)
         if (self.accelerator.num_processes > 1 and args.negatives_mode == "online" and args.keep_dataset_rejected
                 and args.num_negatives > 1):
             # A kept dataset pair is one pair, a teacher row num_negatives: batches would differ in size per process.
