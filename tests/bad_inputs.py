@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -34,6 +35,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     patches: dict[str, object] = field(default_factory=dict)
     """Attributes set for the run, e.g. a Hub endpoint nobody listens on."""
+    warns: bool = False
+    """The command goes on (up to loading the model, here) after one warning line, rather than exiting 2."""
 
 
 def _file(tmp: Path, name: str, content: str | bytes) -> str:
@@ -159,6 +162,11 @@ CASES = [
          "empty reference answer"),
     Case("prompt-too-long", "prompts longer than max_length", _train("--max_length", "8"),
          "not fewer than max_length=8"),
+    Case("answer-too-long", "an answer that runs past max_length after its prompt",
+         lambda tmp: _train("--max_length", "64", "--eval_dataset", "none", "--dataset", _jsonl(tmp, [
+             {"prompt": "Say hi.", "completion": " hi"},
+             {"prompt": "Count.", "completion": " " + " ".join(str(i) for i in range(60))}]))(tmp),
+         "1 of 2 rows", warns=True),
     Case("model-missing-dir", "a model folder that does not exist",
          lambda tmp: ["train", "--model_name_or_path", str(tmp / "no-such-model"), "--output_dir", str(tmp / "o")],
          "not a model directory or a .gguf file"),
@@ -225,7 +233,11 @@ def run_case(case: Case, tmp: Path) -> tuple[int | None, str]:
     argv = case.argv(tmp)
     env = {k: v.replace("{tmp}", str(tmp)) for k, v in case.env.items()}
     stderr = io.StringIO()
+    logged = logging.StreamHandler(stderr)
+    logged.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     with contextlib.ExitStack() as stack:
+        logging.getLogger().addHandler(logged)
+        stack.callback(logging.getLogger().removeHandler, logged)
         stack.enter_context(mock.patch.dict(os.environ, env))
         for name in [k for k, v in env.items() if v == ""]:
             os.environ.pop(name)
@@ -238,20 +250,26 @@ def run_case(case: Case, tmp: Path) -> tuple[int | None, str]:
             code = 0
         except SystemExit as exit_info:
             code = exit_info.code
+        except ModelLoaded:
+            code = None
     return code, stderr.getvalue()
 
 
-def message_line(stderr: str) -> str:
-    """The one line the command printed for the user (warnings of other libraries aside)."""
-    lines = [line for line in stderr.splitlines() if line.startswith("negteacher")]
+def message_line(stderr: str, warns: bool = False) -> str:
+    """The one line the command printed for the user (warnings of other libraries aside): its error, or
+    with `warns` its warning."""
+    start = "WARNING hf_negteacher" if warns else "negteacher"
+    lines = [line for line in stderr.splitlines() if line.startswith(start)]
     return lines[-1] if lines else ""
 
 
-def table(messages: dict[str, str]) -> str:
-    rows = ["| case | bad input | what `negteacher` prints (exit code 2) |", "|---|---|---|"]
+def table(messages: dict[str, str], warns: bool = False) -> str:
+    rows = [f"| case | bad input | what `negteacher` prints {'(and goes on)' if warns else '(exit code 2)'} |",
+            "|---|---|---|"]
     for case in CASES:
-        text = messages[case.id].replace("|", "\\|")
-        rows.append(f"| `{case.id}` | {case.what} | `` {text} `` |")
+        if case.warns == warns:
+            text = messages[case.id].replace("|", "\\|")
+            rows.append(f"| `{case.id}` | {case.what} | `` {text} `` |")
     return "\n".join(rows)
 
 
@@ -260,7 +278,7 @@ def main() -> None:
     for case in CASES:
         with tempfile.TemporaryDirectory() as tmp:
             code, stderr = run_case(case, Path(tmp))
-            messages[case.id] = message_line(stderr).replace(tmp, "<tmp>")
+            messages[case.id] = message_line(stderr, case.warns).replace(tmp, "<tmp>")
             print(f"{case.id}: exit {code}: {messages[case.id]}", file=sys.stderr)
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(
@@ -268,7 +286,10 @@ def main() -> None:
         "Every case below exits with code 2 and one line on stderr, before any model loads (only the\n"
         "tokenizer is read where rows must be checked). `tests/test_bad_inputs.py` runs each case;\n"
         "`python tests/bad_inputs.py` rewrites this table from what the commands print. `<tmp>` stands for\n"
-        "the case's temporary folder.\n\n" + table(messages) + "\n"
+        "the case's temporary folder.\n\n" + table(messages) + "\n\n"
+        "## Warned, not refused\n\n"
+        "Each case below is one warning line, also before any model loads, and the command goes on.\n\n"
+        + table(messages, warns=True) + "\n"
     )
 
 

@@ -111,3 +111,22 @@ def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
         path = tmp_path / f"rows{suffix}"
         path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # as Windows editors save UTF-8
         assert load_rows(str(path)) == [MESSAGES]
+
+
+@pytest.mark.parametrize("max_length", [40, 97, 200])
+def test_an_answer_past_max_length_keeps_the_tokens_a_training_sequence_keeps(smol_tokenizer, max_length, caplog):
+    from hf_negteacher.data.rows import fit_answers
+
+    long = " " + ", ".join(f"item {i}" for i in range(30))
+    pairs = validate_rows([{"prompt": "List:", "completion": long}, {"prompt": "Say hi.", "completion": " hi"},
+                           MESSAGES], smol_tokenizer)
+    fitted, cut = fit_answers(pairs, smol_tokenizer, max_length, "rows.jsonl")
+    for pair, fit in zip(pairs, fitted, strict=True):  # TRL: tokens of prompt + answer, the first max_length kept
+        prompt_length = len(smol_tokenizer(pair.prompt, add_special_tokens=False).input_ids)
+        kept = smol_tokenizer(pair.prompt + pair.answer, add_special_tokens=False).input_ids[:max_length]
+        assert fit.answer == smol_tokenizer.decode(kept[prompt_length:])
+    answer_tokens = len(smol_tokenizer(long, add_special_tokens=False).input_ids)
+    over = max(0, answer_tokens + len(smol_tokenizer("List:").input_ids) - max_length)
+    assert (cut.rows, cut.tokens, cut.total_rows) == (int(over > 0), over, 3)
+    assert (f"1 of 3 rows of rows.jsonl run past max_length={max_length} tokens (prompt + answer): {over} answer "
+            "tokens are cut" in caplog.text) == (over > 0)

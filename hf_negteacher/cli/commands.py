@@ -16,12 +16,13 @@ logger = logging.getLogger(__name__)
 
 def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int | None, *,
                     require_answer: bool = True, drop_references: bool = False):
-    from ..data.rows import load_rows, validate_rows, without_reference
+    from ..data.rows import fit_answers, load_rows, validate_rows, without_reference
 
     rows = load_rows(source)[:limit] if limit else load_rows(source)
     if drop_references:
         rows = [without_reference(row) for row in rows]
-    return rows, validate_rows(rows, tokenizer, max_length, require_answer=require_answer)
+    pairs = validate_rows(rows, tokenizer, max_length, require_answer=require_answer)
+    return rows, fit_answers(pairs, tokenizer, max_length, source)[0]
 
 
 def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):

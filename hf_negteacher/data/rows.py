@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import BUNDLED_SPLITS
+
+logger = logging.getLogger(__name__)
 
 ACCEPTED_FORMATS = (
     "conversational `messages` (the last assistant turn is the reference); "
@@ -204,3 +207,39 @@ def validate_rows(rows: list[dict], tokenizer, max_length: int | None = None, *,
                                       f"max_length={max_length}; shorten it or raise max_length")
         pairs.append(pair)
     return pairs
+
+
+@dataclass(frozen=True)
+class AnswerCut:
+    """What fitting prompt + answer into `max_length` tokens cut."""
+
+    rows: int
+    """Rows whose prompt + answer run past max_length."""
+    tokens: int
+    """Answer tokens past it, over those rows."""
+    total_rows: int
+    max_length: int
+
+    def message(self, source: str) -> str:
+        return (f"{self.rows} of {self.total_rows} rows of {source} run past max_length={self.max_length} tokens "
+                f"(prompt + answer): {self.tokens} answer tokens are cut, alike for training (TRL keeps the first "
+                "max_length tokens) and for held-out scoring; raise max_length to keep them")
+
+
+def fit_answers(pairs: list[PromptAnswer], tokenizer, max_length: int | None, source: str
+                ) -> tuple[list[PromptAnswer], AnswerCut]:
+    """Each answer cut to the tokens that fit after its prompt within `max_length`: the part a training
+    sequence holds (TRL's `keep_start` truncation) and the part held-out scoring scores. Logs a warning
+    naming `source` when anything was cut."""
+    fitted, rows, tokens = [], 0, 0
+    for pair in pairs:
+        answer_ids = tokenizer(pair.answer, add_special_tokens=False).input_ids if max_length and pair.answer else []
+        room = (max_length or 0) - len(tokenizer(pair.prompt, add_special_tokens=False).input_ids) if answer_ids else 0
+        if answer_ids and len(answer_ids) > room:
+            rows, tokens = rows + 1, tokens + len(answer_ids) - room
+            pair = PromptAnswer(pair.prompt, tokenizer.decode(answer_ids[:room]), pair.accepted)
+        fitted.append(pair)
+    cut = AnswerCut(rows, tokens, len(pairs), max_length or 0)
+    if cut.rows:
+        logger.warning(cut.message(source))
+    return fitted, cut

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.rows import DataFormatError, PromptAnswer, load_rows, text_documents, validate_rows
+from ..data.rows import DataFormatError, PromptAnswer, fit_answers, load_rows, text_documents, validate_rows
 from ..logprobs import answer_logprobs, sliding_window_logprob
 from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items, round_trip_rows
 from .statistics import answer_perplexity
@@ -56,6 +56,7 @@ def load_eval_data(source: str, tokenizer, *, limit: int | None = None, text_col
         pairs = validate_rows(rows, tokenizer, max_length)
     except DataFormatError as error:
         raise DataFormatError(f"{source}: {error}; or plain text in a {text_column!r} column") from None
+    pairs = fit_answers(pairs, tokenizer, max_length, source)[0]
     choices = []
     if all(row.get("word") and row.get("pos") and row.get("definition") for row in rows):
         try:
