@@ -20,10 +20,11 @@ _PACKAGES = ("hf-negteacher", "trl", "transformers", "peft", "bitsandbytes", "to
 
 def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, object], dataset_name: str,
                       training: Mapping[str, object], train_metrics: Mapping[str, float] | None = None,
-                      eval_results: Sequence[EvalResult] = (), trained_weights: str | None = None) -> ModelCard:
+                      eval_results: Sequence[EvalResult] = (), evaluation_blocks: Sequence[str] = (),
+                      trained_weights: str | None = None) -> ModelCard:
     """The adapter's model card: `library_name: peft`, `base_model` (a Hub id), our tags, which weights it
     was trained on, the teacher setting, the dataset, training metrics and, when given, evaluation results
-    as a model-index."""
+    as a model-index and, in the text, `evaluation_blocks` (`evaluation.report.card_block`: adapter beside base)."""
     card_data = ModelCardData(
         base_model=base_model, library_name="peft", tags=TAGS,
         datasets=[dataset_name] if is_hub_dataset_id(dataset_name) else None,
@@ -41,28 +42,40 @@ def render_model_card(*, base_model: str, repo_id: str, teacher: Mapping[str, ob
         card_data, template_path=str(TEMPLATE), model_name=repo_id.split("/")[-1], base_model=base_model,
         repo_id=repo_id, teacher=dict(teacher), dataset_name=dataset_name,
         trained_weights=trained_weights or f"{base_model} as published on the Hub",
-        evaluation=evaluation_section(eval_results),
+        evaluation=evaluation_section(evaluation_blocks),
         train_metrics={k: f"{v:.4g}" for k, v in (train_metrics or {}).items()}, versions=versions, **training,
     )
 
 
-def evaluation_section(eval_results: Sequence[EvalResult]) -> str:
-    """The card's evaluation table (markdown), between the `negteacher-eval` markers."""
-    if not eval_results:
-        return "No evaluation was attached to this adapter: run `negteacher eval` to score it."
-    lines = ["| dataset | metric | value |", "|---|---|---|"]
-    lines += [f"| {r.dataset_name} | {r.metric_name or r.metric_type} | {r.metric_value} |" for r in eval_results]
-    return "\n".join(lines)
+def evaluation_section(blocks: Sequence[str]) -> str:
+    """The card's evaluation text, between the `negteacher-eval` markers: one block per dataset."""
+    if not blocks:
+        return "No evaluation was attached to this adapter: run `negteacher eval --update_card` to score it."
+    return "\n\n".join(blocks)
 
 
-def update_card_evaluation(card_path: str | Path, eval_results: Sequence[EvalResult]) -> None:
-    """Replace a saved card's model-index and evaluation table with `eval_results` (atomically)."""
+_SECTION = re.compile(r"(<!-- negteacher-eval -->\n)(.*?)(\n<!-- /negteacher-eval -->)", flags=re.S)
+
+
+def update_card_evaluation(card_path: str | Path, eval_results: Sequence[EvalResult], block: str) -> None:
+    """Merge one dataset's evaluation into a saved card (atomically): its model-index entries replace those of
+    the same dataset, and `block` (headed `### <dataset>`) the text block of the same heading; the other
+    datasets' entries and blocks stay."""
     card_path = Path(card_path)
     card = ModelCard(card_path.read_text(encoding="utf-8"))
     card.data.model_name = card.data.model_name or card_path.parent.name
-    card.data.eval_results = list(eval_results) or None
-    card.text = re.sub(r"(<!-- negteacher-eval -->\n).*?(\n<!-- /negteacher-eval -->)",
-                       lambda m: m.group(1) + evaluation_section(eval_results) + m.group(2), card.text, flags=re.S)
+    datasets = {r.dataset_name for r in eval_results}
+    kept = [r for r in card.data.eval_results or [] if r.dataset_name not in datasets]
+    card.data.eval_results = [*kept, *eval_results] or None
+    found = _SECTION.search(card.text)
+    blocks = [b for b in re.split(r"\n(?=### )", found.group(2) if found else "") if b.startswith("### ")]
+    heading = block.splitlines()[0]
+    blocks = [b.strip() for b in blocks if b.splitlines()[0] != heading] + [block]
+    section = evaluation_section(blocks)
+    if found:
+        card.text = _SECTION.sub(lambda m: m.group(1) + section + m.group(3), card.text)
+    else:
+        card.text += f"\n## Evaluation\n\n<!-- negteacher-eval -->\n{section}\n<!-- /negteacher-eval -->\n"
     atomic_write_text(card_path, str(card))
 
 

@@ -222,6 +222,14 @@ CASES = [
 ]
 
 
+LATE_WARNINGS = """After its sweep, `negteacher calibrate` also warns (in its output, `calibration.md` and
+`calibration.json`) when no setting comes within 25% of `target_ratio` (the recommendation is then only the
+closest), and when most pairs of a setting are inverted (the policy already finds the teacher's sample likelier
+than the reference: the references are far from what the model writes). `tests/test_smollm2.py` checks both on
+the real model.
+"""
+
+
 class ModelLoaded(AssertionError):
     """Raised in place of loading a model: every case must fail before that."""
 
@@ -289,7 +297,7 @@ def main() -> None:
         "the case's temporary folder.\n\n" + table(messages) + "\n\n"
         "## Warned, not refused\n\n"
         "Each case below is one warning line, also before any model loads, and the command goes on.\n\n"
-        + table(messages, warns=True) + "\n"
+        + table(messages, warns=True) + "\n\n" + LATE_WARNINGS
     )
 
 

@@ -18,7 +18,7 @@ from hf_negteacher.evaluation.perplexity import (
     check_window,
     load_eval_data,
 )
-from hf_negteacher.evaluation.report import EvalRow, to_eval_results, to_markdown, write_table
+from hf_negteacher.evaluation.report import EvalRow, card_block, to_eval_results, to_markdown, write_table
 from hf_negteacher.hub import render_model_card, update_card_evaluation
 
 PAIRS = [PromptAnswer("Define the noun cat:", " a small domesticated feline."),
@@ -35,6 +35,12 @@ def saved_tiny(tiny_chat_model, smol_tokenizer, tmp_path):
     smol_tokenizer.save_pretrained(base_dir)
     get_peft_model(tiny_chat_model, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(adapter_dir)
     return base_dir, adapter_dir
+
+
+def _report_dir(adapter_dir):
+    """Where `negteacher eval` wrote its report for the one dataset it scored."""
+    (folder,) = (adapter_dir / "evaluations").iterdir()
+    return folder
 
 
 def _eval(base_dir, adapter_dir, *extra):
@@ -76,7 +82,8 @@ def test_eval_on_plain_text_scores_sliding_windows_with_both_engines(saved_tiny,
     text = tmp_path / "story.txt"
     text.write_text("The broker bought the shares and sold them again before noon. " * 12)
     _eval(*saved_tiny, "--eval_dataset", str(text), "--window", "32", "--stride", "32")
-    rows = {r["model"]: r["metrics"] for r in json.loads((saved_tiny[1] / "eval.json").read_text())["rows"]}
+    report = json.loads((_report_dir(saved_tiny[1]) / "eval.json").read_text())
+    rows = {r["model"]: r["metrics"] for r in report["rows"]}
     assert list(rows) == ["unquantized checkpoint", "base", "base + adapter", "negative teacher"]
     for metrics in rows.values():
         assert metrics["word_perplexity/lm-eval"] == pytest.approx(metrics["word_perplexity/builtin"], rel=0.01)
@@ -84,7 +91,7 @@ def test_eval_on_plain_text_scores_sliding_windows_with_both_engines(saved_tiny,
     assert rows["negative teacher"]["token_perplexity/builtin"] != rows["base"]["token_perplexity/builtin"]
     out = capsys.readouterr().out
     assert "| word ppl [builtin] |" in out and "lm_eval --model hf --model_args pretrained=" in out
-    assert (saved_tiny[1] / "lm_eval_tasks" / "negteacher_text_ppl.yaml").is_file()
+    assert (_report_dir(saved_tiny[1]) / "lm_eval" / "negteacher_text_ppl.yaml").is_file()
 
 
 def test_empty_text_file_and_text_rows_are_checked(smol_tokenizer, tmp_path):
@@ -127,12 +134,28 @@ def test_table_markdown_json_png_and_card_entries(tmp_path):
                                                                      "lora_alpha": 16})
     card.save(tmp_path / "README.md")
     assert "No evaluation was attached" in (tmp_path / "README.md").read_text()
-    update_card_evaluation(tmp_path / "README.md", results)
+    for row in rows:
+        row.rows = {"answer_perplexity/builtin": 2, "answer_perplexity/lm-eval": 2}
+    assert to_markdown(rows, "bundled:eval").endswith("| rows used | 2 | 2 |")
+    update_card_evaluation(tmp_path / "README.md", results, card_block(rows, "bundled:eval"))
     text = (tmp_path / "README.md").read_text()
     assert "No evaluation was attached" not in text
-    assert "| wordnet-definitions-eval | answer ppl [lm-eval] | 23.7 |" in text
-
+    assert "### wordnet-definitions-eval\n\n| metric | 4-bit base | 4-bit base + adapter | rows |" in text
+    assert "| answer ppl [lm-eval] | 89.100 | 23.700 | 2 |" in text  # base beside adapter
     assert [r.metric_value for r in ModelCard.load(tmp_path / "README.md").data.eval_results] == [23.63, 23.7]
+
+    other = [EvalRow(r.model, {"answer_perplexity/builtin": v}, {"answer_perplexity/builtin": 5})
+             for r, v in zip(rows, (40.0, 30.0), strict=True)]
+    update_card_evaluation(tmp_path / "README.md", to_eval_results(other, "bundled:reverse-eval"),
+                           card_block(other, "bundled:reverse-eval"))
+    again = [EvalRow(r.model, {"answer_perplexity/builtin": 20.0}) for r in rows]
+    update_card_evaluation(tmp_path / "README.md", to_eval_results(again, "bundled:eval"),
+                           card_block(again, "bundled:eval"))  # the same dataset: replaced, not added
+    merged = ModelCard.load(tmp_path / "README.md")
+    assert [(r.dataset_name, r.metric_value) for r in merged.data.eval_results] == [
+        ("reverse-dictionary-eval", 30.0), ("wordnet-definitions-eval", 20.0)]
+    assert merged.text.count("### wordnet-definitions-eval") == 1 and "| answer ppl [builtin] | 40.000 | 30.000 | 5 |" \
+        in merged.text
 
 
 def test_evaluate_module_loads_offline_by_path_and_gives_the_built_in_number(tiny_chat_model, smol_tokenizer,
@@ -171,21 +194,34 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
     data.write_text("".join(json.dumps(r) + "\n" for r in QA_ROWS))
     quality = ["--eval_dataset", str(data), "--engines", "builtin", "--generation_rows", "3", "--max_new_tokens", "6",
                "--negatives_max_new_tokens", "6"]
+    card = (run_a / "README.md").read_text()
     _eval(base_dir, run_a, *quality)
-    rows = {r["model"]: r["metrics"] for r in json.loads((run_a / "eval.json").read_text())["rows"]}
+    rows = {r["model"]: r["metrics"] for r in json.loads((_report_dir(run_a) / "eval.json").read_text())["rows"]}
     for metrics in rows.values():
         assert {"answer_perplexity/builtin", "rougeL", "chrF", "words", "cut_off_fraction", "preference_accuracy",
                 "preference_margin"} <= set(metrics)
         assert 0 <= metrics["rougeL"] <= 1 and 0 <= metrics["preference_accuracy"] <= 1
     # the saved adapter is untrained (LoRA B = 0): the adapter row must equal the base row, value for value
     assert rows["base + adapter"] == pytest.approx(rows["base"], rel=1e-6)
-    generations = [json.loads(line) for line in (run_a / "generations.jsonl").read_text().splitlines()]
+    generations = [json.loads(line) for line in (_report_dir(run_a) / "generations.jsonl").read_text().splitlines()]
     assert [g["row"] for g in generations] == [0, 1, 2]  # one row per prompt, --generation_rows of them
     assert generations[0]["reference"] == QA_ROWS[0]["completion"] and "teacher_negative" in generations[0]
     assert len(generations[0]["models"]) == 4 and len(generations[0]["models"]["base + adapter"]["answers"]) == 1
-    assert len(list((tmp_path / "cache" / "heldout_negatives").iterdir())) == 1  # cached once, keyed by teacher
+    (cached,) = (tmp_path / "cache" / "heldout_negatives").iterdir()  # cached once, keyed by teacher
+    negatives = json.loads(cached.read_text())["negatives"]
+    usable = sum(bool(n.strip()) and n.strip() != row["completion"].strip()
+                 for n, row in zip(negatives, QA_ROWS, strict=True))
+    report = json.loads((_report_dir(run_a) / "eval.json").read_text())
+    assert {row["rows"]["preference_accuracy"] for row in report["rows"]} == {usable}
+    assert {row["rows"]["rougeL"] for row in report["rows"]} == {3}  # --generation_rows
+    assert (f"preference: {usable} of 5 rows" in " ".join(report["notes"])) == (usable < 5)
+    rows_used = (_report_dir(run_a) / "eval.md").read_text().splitlines()[-1]
+    assert rows_used.startswith("| rows used | 5 |") and f"| {usable} |" in rows_used
+    assert (run_a / "README.md").read_text() == card  # eval never rewrites a card unless asked
+    _eval(base_dir, run_a, *quality, "--update_card", "true")
     in_card = {r.metric_name: r.metric_value for r in ModelCard.load(run_a / "README.md").data.eval_results}
     assert in_card["ROUGE-L"] == pytest.approx(rows["base + adapter"]["rougeL"], abs=1e-4)  # PEFT's own card
+    assert "| pref. acc. |" in (run_a / "README.md").read_text()
 
     run_b = tmp_path / "run_b"
     torch.manual_seed(3)
@@ -216,7 +252,7 @@ def test_contrastive_beta_changes_the_models_answers_but_not_the_teachers(saved_
 
     def answers(*extra):
         _eval(base_dir, run, *quality, *extra)
-        lines = (run / "generations.jsonl").read_text().splitlines()
+        lines = (_report_dir(run) / "generations.jsonl").read_text().splitlines()
         return {name: [json.loads(line)["models"][name]["answers"] for line in lines]
                 for name in json.loads(lines[0])["models"]}
 
@@ -232,7 +268,7 @@ def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_
     base_dir, run = saved_tiny
     _eval(base_dir, run, "--eval_dataset", "bundled:reverse-eval", "--num_eval_rows", "40", "--generation_rows", "8",
           "--max_new_tokens", "4", "--negatives_max_new_tokens", "4")
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads((_report_dir(run) / "eval.json").read_text())
     for row in report["rows"]:
         metrics = row["metrics"]
         assert metrics["choice_accuracy/builtin"] == metrics["choice_accuracy/lm-eval"], row["model"]
@@ -242,18 +278,18 @@ def test_eval_on_the_reverse_dictionary_reports_exact_match_and_multiple_choice_
     assert any("multiple choice: 40 items" in note for note in report["notes"])
     assert report["notes"][:2] == ["unquantized checkpoint: the local checkpoint base",
                                    "base: the local checkpoint base"]
-    assert "multiple choice acc." in (run / "eval.md").read_text()
-    assert "first word right" in (run / "eval.md").read_text()
+    assert "multiple choice acc." in (_report_dir(run) / "eval.md").read_text()
+    assert "first word right" in (_report_dir(run) / "eval.md").read_text()
 
 
 def test_eval_on_definitions_reports_the_round_trip_judged_by_the_unquantized_checkpoint(saved_tiny, tmp_path):
     base_dir, run = saved_tiny
     _eval(base_dir, run, "--eval_dataset", "bundled:eval", "--num_eval_rows", "100", "--generation_rows", "6",
           "--max_new_tokens", "4", "--negatives_max_new_tokens", "4")
-    report = json.loads((run / "eval.json").read_text())
+    report = json.loads((_report_dir(run) / "eval.json").read_text())
     scores = {row["model"]: row["metrics"]["roundtrip_accuracy"] for row in report["rows"]}
     assert set(scores) == {"unquantized checkpoint", "base", "base + adapter", "negative teacher"}
     assert all(value in {k / 6 for k in range(7)} for value in scores.values())  # 6 answers judged, 0/1 each
     assert any(note.startswith("round trip: the unquantized checkpoint") for note in report["notes"])
-    assert "round trip" in (run / "eval.md").read_text()
+    assert "round trip" in (_report_dir(run) / "eval.md").read_text()
 

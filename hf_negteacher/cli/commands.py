@@ -82,9 +82,10 @@ def train_command(argv: list[str]) -> None:
     from transformers.trainer_utils import get_last_checkpoint
     from trl.trainer.utils import get_peft_config
 
-    from ..evaluation.report import to_eval_results, to_markdown, write_table
+    from ..evaluation.lm_eval_glue import write_command_folder
+    from ..evaluation.report import card_block, to_eval_results, to_markdown, write_table
     from ..evaluation.runner import adapter_perplexity_table
-    from ..models import checkpoint_weights
+    from ..models import checkpoint_weights, resolve_source
     from ..training.trainer import NegativeTeacherTrainer
 
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
@@ -125,8 +126,15 @@ def train_command(argv: list[str]) -> None:
         write_table(table, data_args.eval_dataset, args.output_dir)
         print(to_markdown(table, data_args.eval_dataset))
         trainer.eval_results = to_eval_results(table, data_args.eval_dataset)
+        trainer.eval_blocks = [card_block(table, data_args.eval_dataset)]
     trainer.create_model_card()
     print(f"\nadapter, model card and evaluation table in {args.output_dir}")
+    if held_out is not None:
+        command = write_command_folder(Path(args.output_dir) / "lm_eval", tokenizer,
+                                       resolve_source(model_args.model_name_or_path), args.output_dir,
+                                       pairs=held_out[1])
+        print(f"the held-out rows with the plain lm-eval command line (the unquantized checkpoint + adapter; "
+              f"pip install -e '.[eval]'):\n  {command}")
 
 
 def generate_command(argv: list[str]) -> None:
@@ -178,6 +186,8 @@ def calibrate_command(argv: list[str]) -> None:
                        generation=generation, trivial_margin=args.trivial_margin, batch_size=args.batch_size)
     paths = report.write(args.output_dir)
     print(report.to_markdown())
+    for warning in report.warnings():
+        logger.warning(warning)
     print("\nwrote " + ", ".join(str(p) for p in paths.values()))
 
 
@@ -186,12 +196,12 @@ def eval_command(argv: list[str]) -> None:
     from transformers import AutoConfig
 
     from ..evaluation.comparison import compare_markdown
-    from ..evaluation.lm_eval_glue import write_tasks
+    from ..evaluation.lm_eval_glue import write_command_folder
     from ..evaluation.perplexity import check_engines, check_window, load_eval_data
     from ..evaluation.preference import heldout_negatives
-    from ..evaluation.report import to_eval_results, to_markdown
+    from ..evaluation.report import card_block, to_eval_results, to_markdown
     from ..evaluation.runner import EvalSettings, adapter_variants, evaluate, model_variants
-    from ..hub import update_card_evaluation
+    from ..hub import dataset_label, update_card_evaluation
     from ..models import base_model_info, cache_dir, checkpoint_weights, load_causal_lm, load_tokenizer, resolve_source
     from ..teacher.build import build_negative_teacher
 
@@ -205,6 +215,12 @@ def eval_command(argv: list[str]) -> None:
     for adapter in adapters:
         if not (adapter / "adapter_config.json").is_file():
             raise RecipeError(f"{adapter} holds no trained adapter (adapter_config.json); run negteacher train first")
+    card = Path(args.output_dir) / "README.md"
+    if eval_args.update_card and (eval_args.compare or not card.is_file()):
+        raise RecipeError(f"update_card: {'--compare updates no card' if eval_args.compare else f'{card} not found'}")
+    output_dir = Path(eval_args.eval_dir or args.output_dir if eval_args.compare else
+                      eval_args.eval_dir or Path(args.output_dir, "evaluations", dataset_label(data_args.eval_dataset)))
+    _check_output_dir(str(output_dir))
     check_engines(eval_args.engines)
     quality = eval_args.quality_settings(args.per_device_eval_batch_size) if eval_args.quality else None
     if quality is not None:
@@ -242,7 +258,6 @@ def eval_command(argv: list[str]) -> None:
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
         weights = [f"unquantized checkpoint: {base_model_info(full_precision).weights}",
                    f"base: {base_model_info(base).weights}"]
-    output_dir = Path(args.output_dir)
     judge = None
     if quality is not None and data.roundtrip_rows:
         judge = (full_precision if not eval_args.compare
@@ -255,12 +270,14 @@ def eval_command(argv: list[str]) -> None:
         print("\n" + compare_markdown(outcome.differences, names[0], names[1]))
         print(f"\nwrote eval.*, compare.md/json/png and generations.jsonl in {output_dir}")
         return
-    if (output_dir / "README.md").is_file():
-        update_card_evaluation(output_dir / "README.md", to_eval_results(outcome.table, data_args.eval_dataset))
-    tasks = write_tasks(output_dir / "lm_eval_tasks", tokenizer, pairs=data.pairs, texts=data.texts)
-    print(f"\nwrote eval.md, eval.json, eval.png in {output_dir}. The same tasks with the plain lm-eval command "
-          f"line (the unquantized checkpoint + adapter):\n  lm_eval --model hf --model_args pretrained={base_dir},"
-          f"peft={output_dir} --include_path {output_dir / 'lm_eval_tasks'} --tasks {','.join(tasks)} --device cpu")
+    if eval_args.update_card:
+        update_card_evaluation(card, to_eval_results(outcome.table, data_args.eval_dataset),
+                               card_block(outcome.table, data_args.eval_dataset))
+    command = write_command_folder(output_dir / "lm_eval", tokenizer, base_dir, args.output_dir, pairs=data.pairs,
+                                   texts=data.texts)
+    print(f"\nwrote eval.md, eval.json, eval.png in {output_dir}"
+          f"{f' and merged the evaluation into {card}' if eval_args.update_card else ''}. The same rows with the "
+          f"plain lm-eval command line (the unquantized checkpoint + adapter):\n  {command}")
 
 
 def push_command(argv: list[str]) -> None:

@@ -46,6 +46,27 @@ def write_tasks(task_dir: str | Path, tokenizer, *, pairs: Sequence[PromptAnswer
     return tasks
 
 
+def write_command_folder(folder: str | Path, tokenizer, base: str, adapter: str | Path, *,
+                         pairs: Sequence[PromptAnswer] = (), texts: Sequence[str] = (),
+                         choices: Sequence[ChoiceItem] = ()) -> str:
+    """The tasks of `write_tasks` in `folder`, plus `folder/base`, a link to the local unquantized checkpoint
+    (`base`: a folder, or a Hub id used as it is), so the plain `lm_eval` command line scores `adapter` on
+    the same rows. Returns that command line (paths as given, relative ones too).
+
+    The link also keeps the checkpoint's cache name ("...-Instruct...") out of `--model_args`, where lm-eval
+    would read it as a chat model and warn that no chat template is applied: the prompts are already templated."""
+    folder = Path(folder)
+    tasks = write_tasks(folder, tokenizer, pairs=pairs, texts=texts, choices=choices)
+    pretrained = base
+    if Path(base).is_dir():
+        link = folder / "base"
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path(base).resolve(), target_is_directory=True)
+        pretrained = str(link)
+    return (f"lm_eval --model hf --model_args pretrained={pretrained},peft={adapter},dtype=float32 "
+            f"--include_path {folder} --tasks {','.join(tasks)} --device cpu")
+
+
 def _write_task(task_dir: Path, task: str, rows: list[dict]) -> str:
     data_file = task_dir / f"{task}.jsonl"
     atomic_write_text(data_file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

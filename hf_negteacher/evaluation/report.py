@@ -4,7 +4,7 @@ on the same rows; markdown, JSON, a PNG chart and model-index entries for the ca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult
@@ -28,6 +28,8 @@ ADAPTER_SUFFIX = "+ adapter"
 class EvalRow:
     model: str
     metrics: dict[str, float]
+    rows: dict[str, int] = field(default_factory=dict)
+    """How many rows (documents for plain text, items for multiple choice) each metric used."""
 
 
 def metric_label(key: str) -> str:
@@ -50,7 +52,15 @@ def to_markdown(rows: Sequence[EvalRow], dataset: str, notes: Sequence[str] = ()
              "|---" * (len(columns) + 1) + "|"]
     lines += ["| " + " | ".join([r.model, *(format_value(r.metrics[c]) if c in r.metrics else "-" for c in columns)])
               + " |" for r in rows]
+    counts = column_rows(rows)
+    if counts:
+        lines.append("| rows used | " + " | ".join(str(counts.get(c, "-")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def column_rows(rows: Sequence[EvalRow]) -> dict[str, int]:
+    """Each column's number of rows (the same for every model that has the column)."""
+    return {key: count for row in reversed(rows) for key, count in row.rows.items()}
 
 
 def write_table(rows: Sequence[EvalRow], dataset: str, output_dir: str | Path, notes: Sequence[str] = (),
@@ -75,14 +85,25 @@ def _plot(rows: Sequence[EvalRow], dataset: str, path: str) -> None:
         scored = [r for r in rows if column in r.metrics]
         bars = ax.bar([r.model for r in scored], [r.metrics[column] for r in scored], color="tab:blue")
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
-        if "perplexity" in column:
-            ax.set_yscale("log")
         ax.set_title(metric_label(column), fontsize=9)
         ax.tick_params(axis="x", rotation=30, labelsize=7)
     fig.suptitle(f"held-out evaluation on {dataset}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
+
+
+def card_block(rows: Sequence[EvalRow], dataset: str) -> str:
+    """The card's evaluation on one dataset: each metric of the adapter beside its base's (the same model
+    with the adapter off), and the rows it used."""
+    adapter = next(r for r in rows if r.model.endswith(ADAPTER_SUFFIX))
+    base_name = adapter.model.removesuffix(ADAPTER_SUFFIX).strip()
+    base = next((r for r in rows if r.model == base_name), EvalRow(base_name, {}))
+    lines = [f"### {dataset_label(dataset)}", "", f"| metric | {base_name} | {adapter.model} | rows |",
+             "|---|---|---|---|"]
+    lines += [f"| {metric_label(key)} | {format_value(base.metrics[key]) if key in base.metrics else '-'} | "
+              f"{format_value(value)} | {adapter.rows.get(key, '-')} |" for key, value in adapter.metrics.items()]
+    return "\n".join(lines)
 
 
 def to_eval_results(rows: Sequence[EvalRow], dataset: str) -> list[EvalResult]:

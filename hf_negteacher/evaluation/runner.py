@@ -24,7 +24,7 @@ from .multiple_choice import ChoiceDataError, choice_rows, end_of_turn_text, rou
 from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_metrics, perplexity_metrics
 from .preference import preference_rows
 from .report import ADAPTER_SUFFIX, EvalRow, write_table
-from .statistics import Difference, RowScores, metrics, paired_bootstrap
+from .statistics import Difference, RowScores, metric_rows, metrics, paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,9 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
     trip: the judge picks each row's word among 5 from the generated definition; on data with multiple-choice
     items, their accuracy, bare and with the end of turn after each option."""
     if not data.pairs:
-        return ModelScores(EvalRow(name, perplexity_metrics(model, tokenizer, data, engines=engines, window=window,
-                                                            stride=stride, batch_size=batch_size)), {}, [])
+        scored = perplexity_metrics(model, tokenizer, data, engines=engines, window=window, stride=stride,
+                                    batch_size=batch_size)
+        return ModelScores(EvalRow(name, scored, dict.fromkeys(scored, len(data.texts))), {}, [])
     rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
     generations: list[dict] = []
     if quality is not None:
@@ -120,18 +121,23 @@ def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], w
     if data.choices:
         rows["choice"] = choice_rows(model, tokenizer, data.choices, batch_size=batch_size,
                                      end_of_turn=end_of_turn_text(tokenizer))
-    scored = metrics(rows)
+    scored, counts = metrics(rows), metric_rows(rows)
     if "lm-eval" in engines:
-        scored |= lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
-    return ModelScores(EvalRow(name, scored), rows, generations)
+        by_lm_eval = lm_eval_metrics(model, tokenizer, data, window=window, batch_size=batch_size)
+        scored |= by_lm_eval
+        counts |= {key: counts[key.replace("/lm-eval", "/builtin")] for key in by_lm_eval}
+    return ModelScores(EvalRow(name, scored, counts), rows, generations)
 
 
 def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *, teacher=None,
                              full_precision=None, batch_size: int = 16) -> list[EvalRow]:
     """Built-in held-out answer perplexity of every variant (the table written after training)."""
     data = EvalData("held-out", pairs=list(pairs))
-    return score_models(model_variants(model, teacher=teacher, full_precision=full_precision),
-                        lambda m: builtin_perplexity(m, tokenizer, data, batch_size=batch_size))
+    table = score_models(model_variants(model, teacher=teacher, full_precision=full_precision),
+                         lambda m: builtin_perplexity(m, tokenizer, data, batch_size=batch_size))
+    for row in table:
+        row.rows = dict.fromkeys(row.metrics, len(pairs))
+    return table
 
 
 def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, settings: EvalSettings, *,
@@ -151,6 +157,10 @@ def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, 
                                 else None)
                   for name, model in variants]
     outcome = EvalOutcome([s.row for s in scores], [*notes, *_notes(teacher_spec, data, settings)])
+    used = len(scores[0].rows.get("preference", {}).get("preference_correct", data.pairs)) if scores else 0
+    if used < len(data.pairs):
+        outcome.notes.append(f"preference: {used} of {len(data.pairs)} rows; the other {len(data.pairs) - used} "
+                             "teacher negatives came back empty or equal to the reference and are left out")
     output_dir = Path(output_dir)
     if settings.quality is not None and data.pairs:
         write_generations(output_dir / "generations.jsonl", data, scores, negatives)

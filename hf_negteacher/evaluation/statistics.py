@@ -57,6 +57,16 @@ def metrics(scores: RowScores) -> dict[str, float]:
     return {key: float(values[0]) for key, values in aggregate(scores).items()}
 
 
+def metric_rows(scores: RowScores) -> dict[str, int]:
+    """How many rows each metric of `aggregate` averages over."""
+    counts: dict[str, int] = {}
+    for group, rows in scores.items():
+        n = len(next(iter(rows.values())))
+        names = answer_perplexity(rows) if group == "answers" else MEAN_METRICS.get(group, {}).values()
+        counts |= dict.fromkeys(names, n)
+    return counts
+
+
 @dataclass(frozen=True)
 class Difference:
     a: float

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_RATIO = 2.5
 """Teacher/policy reference perplexity ratio to aim for; see README "The strength dial"."""
+TARGET_TOLERANCE = 1.25
+"""A setting whose ratio is within this factor of the target reaches it; otherwise `calibrate` warns."""
 
 
 @dataclass
@@ -55,6 +57,27 @@ class CalibrationReport:
         """The setting whose ratio is closest to the target, in log space."""
         return min(self.settings, key=lambda s: abs(math.log(s.ratio / self.target_ratio)))
 
+    def warnings(self) -> list[str]:
+        """What the user should know before training on the recommendation: no setting near the target, and
+        settings where most pairs are inverted."""
+        found = []
+        best = self.recommended
+        if abs(math.log(best.ratio / self.target_ratio)) > math.log(TARGET_TOLERANCE):
+            direction = "weaker" if best.ratio > self.target_ratio else "stronger"
+            found.append(f"no setting came within {TARGET_TOLERANCE - 1:.0%} of the target ratio "
+                         f"{self.target_ratio:g}x: `{best.setting}` ({best.ratio:.3g}x) is only the closest; add "
+                         f"{direction} settings to --grid (fewer blocks or a higher strength dial the teacher down, "
+                         "more blocks or fewer bits up), or accept a different target")
+        inverted = [s for s in self.settings if s.inverted_fraction > 0.5]
+        if inverted:
+            listed = ", ".join(f"`{s.setting}` {s.inverted_fraction:.0%}" for s in inverted)
+            found.append(f"most pairs are inverted for {listed}: the policy already finds the teacher's sample "
+                         "likelier per token than the reference, so the references are far from what the model "
+                         "writes. Training on such pairs mostly teaches the references' style (as SFT would), not "
+                         "away from the teacher's mistakes, and no teacher strength changes that: check that the "
+                         "prompts and references are in the format the model was tuned on")
+        return found
+
     def to_markdown(self) -> str:
         lines = [
             f"policy reference-answer perplexity: {self.policy_ppl:.2f} ({self.rows} rows)",
@@ -75,10 +98,11 @@ class CalibrationReport:
                   "band_max_margin) bounds DPO's implicit reward margin instead, which is 0 for every pair at "
                   "step 0 and grows as training separates the pairs.",
                   f"sample prompt: {self.sample_prompt!r}; reference: {self.sample_reference!r}"]
+        lines += [f"\n**warning:** {warning}" for warning in self.warnings()]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "recommended": self.recommended.setting}
+        return {**dataclasses.asdict(self), "recommended": self.recommended.setting, "warnings": self.warnings()}
 
     def write(self, output_dir: str | Path) -> dict[str, Path]:
         """Write `calibration.json`, `calibration.md` and `calibration.png` into `output_dir`."""

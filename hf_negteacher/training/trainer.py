@@ -147,7 +147,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         )
         self.dataset_name = "custom"
-        self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card
+        self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card's model-index
+        self.eval_blocks: list[str] = []  # and its text (`evaluation.report.card_block`)
         self.online = OnlinePairs(self)
 
     def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig, split: str,
@@ -191,7 +192,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                       "learning_rate": args.learning_rate, "lora_r": getattr(peft_config, "r", None),
                       "lora_alpha": getattr(peft_config, "lora_alpha", None)},
             train_metrics=last_logged_metrics(self.state.log_history, CARD_METRICS),
-            eval_results=self.eval_results,
+            eval_results=self.eval_results, evaluation_blocks=self.eval_blocks,
         )
         card.save(Path(args.output_dir) / "README.md")
 
