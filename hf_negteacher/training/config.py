@@ -41,7 +41,14 @@ class NegativeTeacherConfig(DPOConfig):
     loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"], metadata={
         "help": "TRL DPO loss types, combined with `loss_weights`; default: DPO sigmoid + SFT on the reference. "
                 "Also teacher_unlikelihood: the teacher's likeliest wrong next tokens on the reference, pushed "
-                "down (no generation; needs another loss type beside it, e.g. [sft, teacher_unlikelihood])."})
+                "down (no generation; needs another loss type beside it, e.g. [sft, teacher_unlikelihood]); and "
+                "checkpoint_kd: distillation from the unquantized checkpoint (chosen_checkpoint) on the chosen "
+                "answer ([sft, checkpoint_kd] with loss_weights [0, 1]: distillation alone)."})
+    checkpoint_kd_beta: float = field(default=0.0, metadata={
+        "help": "checkpoint_kd (distillation from the unquantized checkpoint's next-token distribution on the chosen "
+                "answer): 0 forward KL(checkpoint || policy), 1 reverse KL, between them the generalized JSD."})
+    checkpoint_kd_temperature: float = field(default=1.0, metadata={
+        "help": "checkpoint_kd: both distributions at this softmax temperature."})
     teacher_token_top_k: int = field(default=1, metadata={
         "help": "teacher_unlikelihood: the teacher's k most likely next tokens at each reference position (the "
                 "reference token excepted) are pushed down."})
@@ -151,6 +158,9 @@ class NegativeTeacherConfig(DPOConfig):
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:  # torch's DataLoader would refuse it only after the model has loaded
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0 <= self.checkpoint_kd_beta <= 1 or self.checkpoint_kd_temperature <= 0:
+            raise ConfigError(f"checkpoint_kd_beta={self.checkpoint_kd_beta:g} must be in [0, 1] and "
+                              f"checkpoint_kd_temperature={self.checkpoint_kd_temperature:g} > 0")
         for name in ("learning_rate", "weight_decay", "warmup_ratio", "beta"):
             if getattr(self, name, 0) < 0:  # torch's optimizer would refuse a negative rate only at the first step
                 raise ConfigError(f"{name}={getattr(self, name):g} must be >= 0")

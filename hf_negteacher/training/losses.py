@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models import eval_mode
+from .distillation import CHECKPOINT_KD, checkpoint_kd_term
 from .token_loss import TEACHER_UNLIKELIHOOD, teacher_unlikelihood
 
 
@@ -73,3 +74,5 @@ def _teacher_unlikelihood_term(trainer, model, inputs) -> tuple[torch.Tensor, di
 
 register_loss(LossTerm(TEACHER_UNLIKELIHOOD, _teacher_unlikelihood_term, reads_rejected=False,
                        pulls_reference_up=False))
+
+register_loss(LossTerm(CHECKPOINT_KD, checkpoint_kd_term, reads_rejected=False, pulls_reference_up=True))
