@@ -63,7 +63,11 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "po_checkpoint_delta": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher "
                                    "(sigmoid_norm, beta 5)"),
            "po_checkpoint_band": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher, "
-                                  "pairs in the band (margin <= 1)")}
+                                  "pairs in the band (margin <= 1)"),
+           "po_checkpoint_kd": ("prompts alone: distillation from the unquantized checkpoint's next-token "
+                                "distribution on its best-of-4 answers (forward KL)"),
+           "po_checkpoint_qdpo": ("prompts alone: the unquantized checkpoint's best-of-4 vs the policy's own sample "
+                                  "(QDPO)")}
 """Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
 PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
 METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
@@ -81,7 +85,10 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
                  "po_teacher_beta5": {**PROMPT_ONLY, "loss_type": ["sigmoid"], "beta": 5.0},
                  "po_checkpoint_delta": {**PROMPT_ONLY, "chosen_source": "checkpoint", "loss_type": ["sigmoid_norm"],
                                          "beta": 5.0},
-                 "po_checkpoint_band": {**PROMPT_ONLY, "chosen_source": "checkpoint", "band_max_margin": 1.0}}
+                 "po_checkpoint_band": {**PROMPT_ONLY, "chosen_source": "checkpoint", "band_max_margin": 1.0},
+                 "po_checkpoint_kd": {**PROMPT_ONLY, "chosen_source": "checkpoint",
+                                      "loss_type": ["sft", "checkpoint_kd"], "loss_weights": [0.0, 1.0]},
+                 "po_checkpoint_qdpo": {**PROMPT_ONLY, "chosen_source": "checkpoint", "negative_source": "self"}}
 """NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
 trains on the rows' prompts alone (their references dropped)."""
 NEGATIVES_AT_CHOSEN_LENGTH = {"po_self_equal"}

@@ -63,3 +63,16 @@ def test_the_checkpoint_as_its_own_student_gives_zero_and_a_moved_adapter_the_kl
         by_hand = (teacher.exp() * (teacher - student)).sum(-1).mean().item()
     assert moved > 0.01 and moved == pytest.approx(by_hand, rel=1e-4)
     assert trainer.train().training_loss > 0 and "checkpoint_kd/loss" in trainer.state.log_history[0]
+
+
+def test_every_benchmark_method_is_a_valid_config(tmp_path):
+    """The recovery arms (distillation, QDPO) included: a typo in a method's fields fails here, not an hour in."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from quality_runs import METHOD_FIELDS, METHODS
+
+    assert set(METHOD_FIELDS) <= set(METHODS) and {"po_checkpoint_kd", "po_checkpoint_qdpo"} <= set(METHOD_FIELDS)
+    for method, fields in METHOD_FIELDS.items():
+        config(tmp_path / method, **fields)
