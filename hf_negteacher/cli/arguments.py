@@ -36,6 +36,16 @@ class NegTeacherModelConfig(ModelConfig):
     lora_target_modules: list[str] | None = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "LoRA target modules."})
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.use_peft:  # PEFT and torch refuse these only once the model has loaded; alpha 0 trains nothing
+            if self.lora_r < 1:
+                raise ArgumentError(f"lora_r={self.lora_r} must be >= 1")
+            if self.lora_alpha <= 0:
+                raise ArgumentError(f"lora_alpha={self.lora_alpha:g} must be > 0 (0 scales the adapter to nothing)")
+            if not 0 <= self.lora_dropout < 1:
+                raise ArgumentError(f"lora_dropout={self.lora_dropout:g} must be in [0, 1)")
+
 
 @dataclass
 class CalibrateArguments:

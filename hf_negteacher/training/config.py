@@ -161,9 +161,17 @@ class NegativeTeacherConfig(DPOConfig):
         if not 0 <= self.checkpoint_kd_beta <= 1 or self.checkpoint_kd_temperature <= 0:
             raise ConfigError(f"checkpoint_kd_beta={self.checkpoint_kd_beta:g} must be in [0, 1] and "
                               f"checkpoint_kd_temperature={self.checkpoint_kd_temperature:g} > 0")
-        for name in ("learning_rate", "weight_decay", "warmup_ratio", "beta"):
-            if getattr(self, name, 0) < 0:  # torch's optimizer would refuse a negative rate only at the first step
+        for name in ("learning_rate", "weight_decay", "warmup_ratio", "beta", "max_grad_norm",
+                     "negatives_temperature"):
+            if (getattr(self, name, 0) or 0) < 0:  # torch would refuse a negative rate only at the first step
                 raise ConfigError(f"{name}={getattr(self, name):g} must be >= 0")
+        if not 0 < self.negatives_top_p <= 1:  # generate() refuses it mid-training
+            raise ConfigError(f"negatives_top_p={self.negatives_top_p:g} must be in (0, 1]")
+        if self.max_steps < 0 and self.num_train_epochs <= 0:
+            raise ConfigError(f"num_train_epochs={self.num_train_epochs:g} with max_steps=-1 trains nothing; give a "
+                              "positive number of epochs or of max_steps")
+        if self.save_strategy == "steps" and self.save_steps <= 0:
+            raise ConfigError(f"save_steps={self.save_steps:g} with save_strategy=steps must be > 0")
         if self.negatives_mode not in NEGATIVES_MODES:
             raise ConfigError(f"negatives_mode={self.negatives_mode!r}; allowed: {', '.join(NEGATIVES_MODES)}")
         try:
