@@ -64,12 +64,13 @@ def _seeded_generate(model, batch: dict, settings: GenerationSettings, seed: int
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings, *,
                      num_return_sequences: int = 1, progress: bool = False, desc: str = "generating",
-                     processor: ProcessorFactory | None = None) -> list:
+                     processor: ProcessorFactory | None = None, synced_gpus: bool | None = None) -> list:
     """Answers to `prompts` (already chat-templated text), decoded without special tokens.
 
     One string per prompt, or a list of `num_return_sequences` strings per prompt when that is > 1.
     Deterministic for a seed: each batch is sampled under `seed + index of its first prompt`.
-    `processor` adds a logits processor made per batch (for example `contrastive.contrast_with`).
+    `processor` adds a logits processor made per batch (for example `contrastive.contrast_with`);
+    `synced_gpus` as in `generate_negative_ids`.
     """
     device = next(model.parameters()).device
     padding_side = tokenizer.padding_side
@@ -80,7 +81,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], settings: Generat
             batch = tokenizer(list(prompts[start:start + settings.batch_size]), return_tensors="pt",
                               padding=True, add_special_tokens=False).to(device)
             new_tokens = _seeded_generate(model, batch, settings, settings.seed + start, tokenizer.pad_token_id,
-                                          num_return_sequences, processor)
+                                          num_return_sequences, processor, synced_gpus)
             texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
             if num_return_sequences == 1:
                 answers.extend(texts)

@@ -147,11 +147,15 @@ def test_pairs_whose_rejected_side_equals_the_chosen_are_counted_and_warned_abou
 def test_offline_dataset_is_deterministic_resumable_and_from_the_teacher(tiny_chat_model, smol_tokenizer, tmp_path,
                                                                          monkeypatch):
     teacher = build_negative_teacher(tiny_chat_model, "int3", group_size=32)
+    synced = []  # under ZeRO-3 transformers would default to True: uneven shards would wait on each other forever
+    real_generate = teacher.generate
+    monkeypatch.setattr(teacher, "generate", lambda **kw: synced.append(kw.get("synced_gpus")) or real_generate(**kw))
     pairs = validate_rows(ROWS, smol_tokenizer)
     settings = GenerationSettings(max_new_tokens=6, batch_size=3, seed=5)
     kwargs = dict(settings=settings, teacher_spec="int3,group_size=32")
     meta = generate_preference_dataset(teacher, smol_tokenizer, ROWS, pairs, tmp_path / "a.jsonl", **kwargs)
     full = (tmp_path / "a.jsonl").read_bytes()
+    assert synced == [False] * 3  # 8 rows in batches of 3
     rows = [json.loads(line) for line in full.splitlines()]
     assert meta["rows_written"] == len(rows) == 8 - meta["counts"].get("filtered_empty", 0)
     assert rows[0]["negteacher"]["teacher"] == "int3,group_size=32" and rows[0]["negteacher"]["seed"] == 5

@@ -167,7 +167,8 @@ class _Job:
                 batch = indices[start:start + self.settings.batch_size]
                 batch_settings = dataclasses.replace(self.settings, seed=self.settings.seed + start)
                 negatives = generate_answers(self.teacher, self.tokenizer, [self.pairs[i].prompt for i in batch],
-                                             batch_settings, num_return_sequences=self.num_negatives)
+                                             batch_settings, num_return_sequences=self.num_negatives,
+                                             synced_gpus=False)  # each process's own rows, its own teacher
                 chosen = self._chosen_answers(batch, batch_settings)
                 state["chosen_cut_off"] += sum(1 for answer in chosen if answer is not None and not answer[1])
                 lines = []
