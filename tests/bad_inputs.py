@@ -179,6 +179,8 @@ CASES = [
              {"prompt": "Say hi.", "completion": " hi"},
              {"prompt": "Count.", "completion": " " + " ".join(str(i) for i in range(60))}]))(tmp),
          "1 of 2 rows", warns=True),
+    Case("sharded-held-out", "a held-out table asked for under FSDP or ZeRO-3 (weights sharded across processes)",
+         _train(), "no held-out table after training", env={"ACCELERATE_USE_FSDP": "true"}, warns=True),
     Case("model-missing-dir", "a model folder that does not exist",
          lambda tmp: ["train", "--model_name_or_path", str(tmp / "no-such-model"), "--output_dir", str(tmp / "o")],
          "not a model directory or a .gguf file"),

@@ -287,7 +287,7 @@ def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_pa
 def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from hf_negteacher.training.trainer import _shards_parameters
+    from hf_negteacher.training.trainer import shards_parameters
 
     for name in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE", "ACCELERATE_USE_FSDP"):
         monkeypatch.delenv(name, raising=False)
@@ -305,7 +305,7 @@ def test_sharded_launches_are_detected_however_configured(setting, sharded, tmp_
         monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
     elif setting == "fsdp":
         args.fsdp = "full_shard"
-    assert _shards_parameters(args) is sharded
+    assert shards_parameters(args) is sharded
 
 
 def test_in_batch_source_gives_the_other_rows_references():

@@ -86,11 +86,15 @@ def train_command(argv: list[str]) -> None:
     from ..evaluation.report import card_block, to_eval_results, to_markdown, write_table
     from ..evaluation.runner import adapter_perplexity_table
     from ..models import checkpoint_weights, resolve_source
-    from ..training.trainer import NegativeTeacherTrainer
+    from ..training.trainer import NegativeTeacherTrainer, shards_parameters
 
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
+    if held_out is not None and shards_parameters(args):  # one process cannot score weights spread over all
+        logger.warning("no held-out table after training: under FSDP or DeepSpeed ZeRO-3 the trained weights are "
+                       "sharded across processes; score the saved adapter with `negteacher eval` in one process")
+        held_out = None
     steps = args.max_steps if args.max_steps > 0 else _epoch_steps(len(rows), args)
     epochs = "" if args.max_steps > 0 else f" (max_steps=-1: num_train_epochs={args.num_train_epochs:g})"
     weights = "4-bit NF4" if model_args.load_in_4bit else model_args.dtype

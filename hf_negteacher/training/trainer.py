@@ -90,7 +90,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             logger.warning("the base model has no known Hub id (%s): adapter_config.json will name a local folder; "
                            "pass base_model_id (--base_model_id) so others can load the adapter",
                            self.base_model.weights)
-        if _shards_parameters(args):
+        if shards_parameters(args):
             band = args.band_min_margin is not None or args.band_max_margin is not None
             outside_step = [name for name, used in (
                 ("teacher_follow_every", bool(args.teacher_follow_every)), ("band_min_margin / band_max_margin", band),
@@ -102,7 +102,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                                   "used outside the training step; use DDP or one process")
         self.teacher_updates = TeacherUpdates(args, teacher_weights)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
-                                                         standalone=_shards_parameters(args))
+                                                         standalone=shards_parameters(args))
         self.negative_filter = args.negative_filter()
         self.negatives_meta: dict | None = None
         if args.negatives_mode == "offline":
@@ -291,7 +291,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             self._signature_columns = [*self._signature_columns, "negteacher_fixed"]
 
 
-def _shards_parameters(args: NegativeTeacherConfig) -> bool:
+def shards_parameters(args: NegativeTeacherConfig) -> bool:
     """FSDP or DeepSpeed ZeRO-3, however configured (accelerate config, a plugin, a dict or a JSON file):
     the policy's tensors will be sharded, so the teacher cannot share them."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
