@@ -137,7 +137,8 @@ def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_para
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     for overrides, name in (({"band_max_margin": 1.0}, "band_min_margin / band_max_margin"),
                             ({"chosen_source": "policy"}, "chosen_source='policy'"),
-                            ({"negative_source": "self"}, "negative_source='self'")):
+                            ({"negative_source": "self"}, "negative_source='self'"),
+                            ({"teacher_strength_target": 0.8}, "teacher_strength_target")):
         with pytest.raises(ConfigError, match=f"{re.escape(name)} under FSDP / ZeRO-3"):
             NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, teacher="int3", **overrides), ROWS,
                                    processing_class=smol_tokenizer, peft_config=lora())

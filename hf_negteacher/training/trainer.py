@@ -94,6 +94,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             band = args.band_min_margin is not None or args.band_max_margin is not None
             outside_step = [name for name, used in (
                 ("teacher_follow_every", bool(args.teacher_follow_every)), ("band_min_margin / band_max_margin", band),
+                ("teacher_strength_target", args.teacher_strength_target is not None),  # rebuilds from the policy
                 (f"chosen_source={self.chosen_source.name!r}", not reads_reference(self.chosen_source)),
                 (f"negative_source={self.negative_source.name!r}", getattr(self.negative_source, "runs_policy", False))
             ) if used]
