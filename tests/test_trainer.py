@@ -427,3 +427,24 @@ def test_generation_settings_sample_as_plain_generate_keywords_do(settings, n, t
 def test_generation_settings_are_checked_by_transformers():
     with pytest.raises(ValueError, match="num_return_sequences"):
         GenerationSettings(temperature=0).generation_config(num_return_sequences=2)
+
+
+def test_offline_negatives_of_another_teacher_with_the_same_spec_are_not_reused(tiny_chat_model, smol_tokenizer,
+                                                                               tmp_path):
+    """A teacher built from other weights (or passed in Python) under the same spec string gets a new file."""
+    pairs = validate_rows(ROWS, smol_tokenizer)
+    kwargs = dict(settings=GenerationSettings(max_new_tokens=6, batch_size=4, seed=5), teacher_spec="int3")
+    path = tmp_path / "negatives.jsonl"
+
+    def generates(teacher) -> bool:
+        calls = []
+        real = teacher.generate
+        teacher.generate = lambda **kw: calls.append(1) or real(**kw)
+        generate_preference_dataset(teacher, smol_tokenizer, ROWS, pairs, path, **kwargs)
+        return bool(calls)
+
+    assert generates(build_negative_teacher(tiny_chat_model, "int3", group_size=32))
+    assert not generates(build_negative_teacher(tiny_chat_model, "int3", group_size=32))  # the same: reused
+    weights = {f"{name}.weight": module.weight.detach() * 3 for name, module in tiny_chat_model.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    assert generates(build_negative_teacher(tiny_chat_model, "int3", group_size=32, weights=weights))

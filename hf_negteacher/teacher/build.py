@@ -9,6 +9,7 @@ source model's own tensors, not copies; LoRA adapters are stripped (the teacher 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from collections.abc import Iterator, Mapping
 
@@ -84,6 +85,20 @@ def memory_report(teacher: nn.Module) -> dict[str, float]:
         "quantized_layers": len(packed_layers),
         "bits_per_weight": 8 * (packed_bytes + scale_bytes) / weights,
     }
+
+
+def teacher_digest(teacher: nn.Module) -> str:
+    """A digest of what the teacher computes beyond its source model: every packed layer's name, setting,
+    and a strided sample of its codes and scales (so two teachers built from different weights, or by hand
+    in Python, never share a cache key)."""
+    digest = hashlib.sha256()
+    for name, layer in teacher.named_modules():
+        if isinstance(layer, PackedLinear):
+            digest.update(f"{name}:{layer.quantizer}:{layer.bits}:{layer.strength}:{layer.activation_bits}".encode())
+            for tensor in (layer.packed, layer.scales):
+                flat = tensor.detach().flatten()
+                digest.update(flat[:: max(1, flat.numel() // 256)].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:

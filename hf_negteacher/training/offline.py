@@ -27,6 +27,7 @@ from ..atomic_write import atomic_write_json, atomic_write_text
 from ..data.rows import PromptAnswer, preference_row
 from ..generation import GenerationSettings, generate_answers
 from ..models import model_identity
+from ..teacher.build import teacher_digest
 from .chosen_sources import model_answers, reads_reference
 from .filters import NegativeFilter
 
@@ -85,7 +86,7 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     path = Path(path)
     negative_filter = negative_filter or NegativeFilter()
     generation = dataclasses.asdict(settings)
-    identity = [model_identity(teacher, tokenizer)]
+    identity = [{**model_identity(teacher, tokenizer), "packed": teacher_digest(teacher)}]
     if chosen is not None:
         identity.append({"chosen": chosen.source, "num_samples": chosen.num_samples,
                          "max_new_tokens": chosen.generation_settings(settings).max_new_tokens,
