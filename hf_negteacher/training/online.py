@@ -78,16 +78,18 @@ class OnlinePairs:
     def pairs(self, examples: list[dict]) -> list[dict]:
         """Examples with negatives as `rejected_ids`, exactly `num_negatives` per example, so every
         process holds the same number of pairs (TRL gathers per-pair tensors across processes). Cached
-        pairs younger than `refresh_every` steps are reused, the others generated in one batched call.
+        pairs younger than `refresh_every` steps are reused (older ones dropped), the others generated in one
+        batched call.
         Rows marked `negteacher_fixed` (a dataset's own rejected answer, kept) pass through unchanged. With a
         loss that never reads the rejected side (`sft` alone) only the chosen answer is written, one pair per
         example with an empty rejected placeholder."""
         fixed = [e for e in examples if e.get("negteacher_fixed")]
         examples = [e for e in examples if not e.get("negteacher_fixed")]
         step = self.trainer.state.global_step
+        refresh_every = self.trainer.args.refresh_every
+        self.cache = {key: entry for key, entry in self.cache.items() if step - entry[0] < refresh_every}
         keys = [example_key(e) for e in examples]
-        stale = [i for i, key in enumerate(keys)
-                 if key not in self.cache or step - self.cache[key][0] >= self.trainer.args.refresh_every]
+        stale = [i for i, key in enumerate(keys) if key not in self.cache]
         if stale:
             self.generate([examples[i] for i in stale], [keys[i] for i in stale])
         out, ties = [], 0

@@ -61,3 +61,4 @@ class TeacherUpdates:
         policy = trainer.accelerator.unwrap_model(trainer.model)
         teacher = build_negative_teacher(policy, config=self.spec, weights=weights)
         trainer.teacher = teacher.to(trainer.accelerator.device)
+        trainer.online.cache.clear()  # the old teacher's negatives
