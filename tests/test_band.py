@@ -142,3 +142,29 @@ def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_para
         with pytest.raises(ConfigError, match=f"{re.escape(name)} under FSDP / ZeRO-3"):
             NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, teacher="int3", **overrides), ROWS,
                                    processing_class=smol_tokenizer, peft_config=lora())
+
+
+def test_strength_feedback_resumed_from_a_checkpoint_continues_as_the_uninterrupted_run(tiny_chat_model,
+                                                                                       smol_tokenizer, tmp_path):
+    from test_trainer import StopAfter, adapter_state
+
+    def run(folder, stop=None, resume=None):
+        args = config(folder, max_steps=4, teacher_strength_target=0.5, teacher_adjust_every=1, learning_rate=1e-2,
+                      save_strategy="steps", save_steps=2)
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS * 4,
+                                         processing_class=smol_tokenizer, peft_config=lora())
+        if stop:
+            trainer.add_callback(StopAfter(stop))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "resumed", stop=2)
+    resumed = run(tmp_path / "resumed", resume=True)
+    strengths = [e["teacher/strength"] for e in whole.state.log_history if "teacher/strength" in e]
+    assert strengths != [1.0] * len(strengths)  # the feedback moved it, so a restart at 1.0 would differ
+    assert [e["teacher/strength"] for e in resumed.state.log_history if "teacher/strength" in e] == strengths
+    assert resumed.teacher_updates.spec.strength == whole.teacher_updates.spec.strength
+    a, b = adapter_state(whole), adapter_state(resumed)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)

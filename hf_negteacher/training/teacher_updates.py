@@ -57,6 +57,19 @@ class TeacherUpdates:
                 self._rebuild(trainer, self.weights)
         trainer.log_metric("teacher/strength", self.spec.strength, latest=True)
 
+    def state(self) -> dict:
+        """What a resumed run needs to continue as the uninterrupted one would (saved with each checkpoint)."""
+        return {"strength": self.spec.strength, "built_at": self.built_at, "adjusted_at": self.adjusted_at,
+                "last_reward_accuracy": self.last_reward_accuracy}
+
+    def restore(self, trainer, state: Mapping) -> None:
+        """Continue from a checkpoint's `state()`: the teacher rebuilt at the saved strength when it differs."""
+        self.built_at, self.adjusted_at = state["built_at"], state["adjusted_at"]
+        self.last_reward_accuracy = state["last_reward_accuracy"]
+        if state["strength"] != self.spec.strength:
+            self.spec = dataclasses.replace(self.spec, strength=state["strength"])
+            self._rebuild(trainer, self.weights)
+
     def _rebuild(self, trainer, weights: Mapping[str, torch.Tensor] | None) -> None:
         policy = trainer.accelerator.unwrap_model(trainer.model)
         teacher = build_negative_teacher(policy, config=self.spec, weights=weights)

@@ -16,6 +16,7 @@ from torch import nn
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+from ..atomic_write import atomic_write_json
 from ..data.rows import load_jsonl, validate_rows
 from ..hub import last_logged_metrics, name_adapter_base, render_model_card
 from ..models import base_model_info, named_as
@@ -35,6 +36,8 @@ from .teacher_updates import TeacherUpdates
 
 logger = logging.getLogger(__name__)
 
+TEACHER_UPDATES = "negteacher_teacher_updates.json"
+"""In each checkpoint: the teacher's strength and update steps (`TeacherUpdates.state`)."""
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
                 "negatives/filtered_fraction", "teacher/reference_ppl")
 
@@ -245,16 +248,31 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.teacher_follow_every and self.is_world_process_zero():
+        if self.is_world_process_zero():
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            save_teacher_state(self.teacher, folder)
+            atomic_write_json(folder / TEACHER_UPDATES, self.teacher_updates.state())
+            if self.args.teacher_follow_every:
+                save_teacher_state(self.teacher, folder)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.args.teacher_follow_every and load_teacher_state(self.teacher, resume_from_checkpoint):
-            logger.info("teacher: restored the followed teacher from %s", resume_from_checkpoint)
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """TRL's `train`, with the teacher restored from the checkpoint it resumes from (here rather than in
+        `_load_from_checkpoint`, which the Trainer skips under DeepSpeed)."""
+        folder = resume_from_checkpoint
+        if folder is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            folder = get_last_checkpoint(self.args.output_dir)
+        if folder:
+            self._restore_teacher(Path(folder))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _restore_teacher(self, folder: Path) -> None:
+        if self.args.teacher_follow_every and load_teacher_state(self.teacher, folder):
+            logger.info("teacher: restored the followed teacher from %s", folder)
+        if (folder / TEACHER_UPDATES).is_file():
+            self.teacher_updates.restore(self, json.loads((folder / TEACHER_UPDATES).read_text()))
 
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
