@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from trl.trainer.utils import pad
+from trl.trainer.utils import pad, selective_log_softmax
 
 
 def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[str], *,
@@ -48,7 +48,7 @@ def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_i
                        position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
                        logits_to_keep=longest + 1).logits[:, -longest - 1:].float()
         targets = input_ids[:, -longest:]
-        token_logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        token_logprobs = selective_log_softmax(logits[:, :-1], targets)
         lengths = torch.tensor([len(a) for _, a in rows], device=device)
         mask = torch.arange(longest, device=device)[None] >= longest - lengths[:, None]
         sums = (token_logprobs * mask).sum(-1)
@@ -91,7 +91,7 @@ def option_logprobs(model, prompt_ids: Sequence[Sequence[int]], option_ids: Sequ
                 option.shape[1] - 1, device=device)
             logits = model(input_ids=option[:, :-1], attention_mask=mask, position_ids=positions,
                            past_key_values=cache, use_cache=True).logits.float()
-            later = torch.log_softmax(logits, dim=-1).gather(-1, option[:, 1:].unsqueeze(-1)).squeeze(-1)
+            later = selective_log_softmax(logits, option[:, 1:])
             sums = sums + (later * option_mask[:, 1:]).sum(-1)
         results.extend(sums.view(-1, k).tolist())
     return results

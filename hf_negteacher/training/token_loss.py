@@ -10,6 +10,7 @@ TRL's (`loss_type: [sft, teacher_unlikelihood]`), weighted by `loss_weights` lik
 from __future__ import annotations
 
 import torch
+from trl.trainer.utils import selective_log_softmax
 
 TEACHER_UNLIKELIHOOD = "teacher_unlikelihood"
 # log(1 - p) is clamped here so a token the policy is certain of gives a large but finite loss.
@@ -23,7 +24,7 @@ def teacher_unlikelihood(policy_logits: torch.Tensor, teacher_logits: torch.Tens
     reference) and `negative_prob` (mean policy probability of the pushed-down tokens)."""
     candidates = teacher_logits.topk(top_k, dim=-1).indices
     negative = candidates != labels.unsqueeze(-1)
-    probs = policy_logits.float().log_softmax(-1).gather(-1, candidates).exp()
+    probs = selective_log_softmax(policy_logits.float(), candidates).exp()
     unlikely = -torch.log1p(-probs.clamp(max=_MAX_PROBABILITY)) * negative
     loss = unlikely.sum() / max(labels.numel(), 1)
     with torch.no_grad():
