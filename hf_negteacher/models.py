@@ -272,12 +272,15 @@ def nf4_config(compute_dtype: torch.dtype = torch.float32, double_quant: bool = 
 
 
 def load_causal_lm(source: str, *, quantization: BitsAndBytesConfig | None = None,
-                   dtype: torch.dtype = torch.float32, device_map: str | dict | None = None) -> PreTrainedModel:
-    """Load `source` in full precision, or in 4-bit with `quantization=nf4_config()`."""
+                   dtype: torch.dtype = torch.float32, device_map: str | dict | None = None,
+                   sharded: bool = False) -> PreTrainedModel:
+    """Load `source` in full precision, or in 4-bit with `quantization=nf4_config()` (onto `device_map`, by
+    default the GPU or the CPU; with `sharded`, FSDP or ZeRO-3, onto none: they place the weights)."""
     kwargs: dict = {"dtype": dtype}
     if quantization is not None:
         kwargs["quantization_config"] = quantization
-        kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
+        if not sharded:
+            kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
     elif device_map is not None:
         kwargs["device_map"] = device_map
     model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)

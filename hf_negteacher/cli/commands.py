@@ -25,19 +25,26 @@ def _rows_and_pairs(source: str, limit: int | None, tokenizer, max_length: int |
     return rows, fit_answers(pairs, tokenizer, max_length, source)[0]
 
 
-def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool):
+def policy_device_map(model_args: NegTeacherModelConfig, use_cpu: bool, sharded: bool):
+    """The `device_map` the policy loads with: a 4-bit model, one process per device, loads its weights onto its
+    own; under FSDP or ZeRO-3 (`sharded`) none, which transformers refuses to combine with a `device_map`."""
     import torch
     from accelerate import PartialState
     from trl.trainer.utils import get_quantization_config
 
+    if get_quantization_config(model_args) is None or sharded:
+        return None
+    return "cpu" if use_cpu or not torch.cuda.is_available() else {"": PartialState().local_process_index}
+
+
+def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool, sharded: bool = False):
+    from trl.trainer.utils import get_quantization_config
+
     from ..models import load_causal_lm
 
-    quantization = get_quantization_config(model_args)
-    device_map = None
-    if quantization is not None:  # one process, one device: each loads its 4-bit weights onto its own
-        device_map = "cpu" if use_cpu or not torch.cuda.is_available() else {"": PartialState().local_process_index}
-    return load_causal_lm(model_args.model_name_or_path, quantization=quantization, dtype=model_args.dtype,
-                          device_map=device_map)
+    return load_causal_lm(model_args.model_name_or_path, quantization=get_quantization_config(model_args),
+                          dtype=model_args.dtype, device_map=policy_device_map(model_args, use_cpu, sharded),
+                          sharded=sharded)
 
 
 def _check_output_dir(output_dir: str) -> None:
@@ -101,7 +108,7 @@ def train_command(argv: list[str]) -> None:
     logger.info("training %s%s (%s) on %d rows of %s, teacher %s, %d optimizer steps%s; output in %s",
                 "a LoRA adapter on " if model_args.use_peft else "", model_args.model_name_or_path, weights, len(rows),
                 data_args.dataset, args.teacher, steps, epochs, args.output_dir)
-    model = _load_policy(model_args, args.use_cpu)
+    model = _load_policy(model_args, args.use_cpu, shards_parameters(args))
     trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer,
                                      peft_config=get_peft_config(model_args),
                                      teacher_weights=checkpoint_weights(model_args.model_name_or_path),
@@ -146,9 +153,10 @@ def generate_command(argv: list[str]) -> None:
     from ..teacher.build import build_negative_teacher
     from ..training.chosen_sources import chosen_source
     from ..training.offline import generate_preference_dataset, offline_chosen
+    from ..training.trainer import shards_parameters
 
     model_args, data_args, args, tokenizer, (rows, pairs), _ = _prepare(argv, "negteacher generate")
-    policy = _load_policy(model_args, args.use_cpu)
+    policy = _load_policy(model_args, args.use_cpu, shards_parameters(args))
     teacher = build_negative_teacher(policy, config=args.teacher_config(),
                                      weights=checkpoint_weights(model_args.model_name_or_path))
     path = Path(args.negatives_path or Path(args.output_dir) / "negatives.jsonl")
