@@ -233,11 +233,12 @@ def fit_answers(pairs: list[PromptAnswer], tokenizer, max_length: int | None, so
     naming `source` when anything was cut."""
     fitted, rows, tokens = [], 0, 0
     for pair in pairs:
-        answer_ids = tokenizer(pair.answer, add_special_tokens=False).input_ids if max_length and pair.answer else []
-        room = (max_length or 0) - len(tokenizer(pair.prompt, add_special_tokens=False).input_ids) if answer_ids else 0
-        if answer_ids and len(answer_ids) > room:
-            rows, tokens = rows + 1, tokens + len(answer_ids) - room
-            pair = PromptAnswer(pair.prompt, tokenizer.decode(answer_ids[:room]), pair.accepted)
+        if max_length and pair.answer:
+            answer_ids = tokenizer(pair.answer, add_special_tokens=False).input_ids
+            room = max_length - len(tokenizer(pair.prompt, add_special_tokens=False).input_ids)
+            if len(answer_ids) > room:
+                rows, tokens = rows + 1, tokens + len(answer_ids) - room
+                pair = PromptAnswer(pair.prompt, tokenizer.decode(answer_ids[:room]), pair.accepted)
         fitted.append(pair)
     cut = AnswerCut(rows, tokens, len(pairs), max_length or 0)
     if cut.rows:
