@@ -230,8 +230,12 @@ def eval_command(argv: list[str]) -> None:
     card = Path(args.output_dir) / "README.md"
     if eval_args.update_card and (eval_args.compare or not card.is_file()):
         raise RecipeError(f"update_card: {'--compare updates no card' if eval_args.compare else f'{card} not found'}")
-    output_dir = Path(eval_args.eval_dir or args.output_dir if eval_args.compare else
-                      eval_args.eval_dir or Path(args.output_dir, "evaluations", dataset_label(data_args.eval_dataset)))
+    if eval_args.eval_dir:
+        output_dir = Path(eval_args.eval_dir)
+    elif eval_args.compare:
+        output_dir = Path(args.output_dir)
+    else:  # its own folder, beside (not over) the trained run's eval.*
+        output_dir = Path(args.output_dir, "evaluations", dataset_label(data_args.eval_dataset))
     _check_output_dir(str(output_dir))
     check_engines(eval_args.engines)
     quality = eval_args.quality_settings(args.per_device_eval_batch_size) if eval_args.quality else None
