@@ -236,6 +236,8 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
     assert f"| {ppl['half_width']:.3g} |" in (report / "compare.md").read_text()
     assert (report / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "| ROUGE-L |" in (report / "compare.md").read_text()
+    assert "| within noise | 5 |" in (report / "compare.md").read_text() or "| differs | 5 |" in (
+        report / "compare.md").read_text()  # answer perplexity over all 5 rows
     _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_a), "--bootstrap_resamples", "200")
     same = json.loads((report / "compare.json").read_text())["differences"]
     assert all((d["difference"], d["low"], d["high"]) == (0, 0, 0) for d in same.values())

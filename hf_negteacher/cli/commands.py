@@ -283,7 +283,7 @@ def eval_command(argv: list[str]) -> None:
                        notes=[] if eval_args.compare else weights, judge=judge)
     print(to_markdown(outcome.table, data_args.eval_dataset, outcome.notes))
     if eval_args.compare:
-        print("\n" + compare_markdown(outcome.differences, names[0], names[1]))
+        print("\n" + compare_markdown(outcome.differences, names[0], names[1], outcome.table[0].rows))
         print(f"\nwrote eval.*, compare.md/json/png and generations.jsonl in {output_dir}")
         return
     if eval_args.update_card:

@@ -11,20 +11,24 @@ from .report import format_value, metric_label
 from .statistics import Difference
 
 
-def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, confidence: float = 0.95) -> str:
+def compare_markdown(differences: Mapping[str, Difference], a: str, b: str, rows: Mapping[str, int] | None = None,
+                     confidence: float = 0.95) -> str:
+    """The comparison table; `rows`: how many rows each metric used."""
+    rows = rows or {}
     lines = [f"A = {a}, B = {b}: A - B on the same rows, paired bootstrap {confidence:.0%} interval over rows", "",
-             "| metric | A | B | A - B | interval | half-width | |", "|---|---|---|---|---|---|---|"]
+             "| metric | A | B | A - B | interval | half-width | | rows |", "|---|---|---|---|---|---|---|---|"]
     for key, d in differences.items():
         verdict = "differs" if d.excludes_zero else "within noise"
         lines.append(f"| {metric_label(key)} | {format_value(d.a)} | {format_value(d.b)} | {d.difference:+.4g} | "
-                     f"[{d.low:+.4g}, {d.high:+.4g}] | {d.half_width:.3g} | {verdict} |")
+                     f"[{d.low:+.4g}, {d.high:+.4g}] | {d.half_width:.3g} | {verdict} | {rows.get(key, '-')} |")
     return "\n".join(lines)
 
 
-def write_comparison(differences: Mapping[str, Difference], a: str, b: str, output_dir: str | Path) -> None:
+def write_comparison(differences: Mapping[str, Difference], a: str, b: str, output_dir: str | Path,
+                     rows: Mapping[str, int] | None = None) -> None:
     """`compare.md`, `compare.json` and `compare.png` (each difference with its interval) in `output_dir`."""
     output_dir = Path(output_dir)
-    atomic_write_text(output_dir / "compare.md", compare_markdown(differences, a, b) + "\n")
+    atomic_write_text(output_dir / "compare.md", compare_markdown(differences, a, b, rows) + "\n")
     atomic_write_json(output_dir / "compare.json",
                       {"a": a, "b": b, "differences": {k: {**asdict(d), "half_width": d.half_width}
                                                        for k, d in differences.items()}})

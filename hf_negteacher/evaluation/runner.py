@@ -168,7 +168,7 @@ def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, 
     if compare:
         outcome.differences = paired_bootstrap(scores[0].rows, scores[1].rows,
                                                resamples=settings.bootstrap_resamples)
-        write_comparison(outcome.differences, compare[0], compare[1], output_dir)
+        write_comparison(outcome.differences, compare[0], compare[1], output_dir, scores[0].row.rows)
     return outcome
 
 
