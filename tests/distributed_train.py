@@ -18,7 +18,6 @@ import hf_negteacher.training.offline
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_tokenizer
 from hf_negteacher.data.rows import load_rows
 from hf_negteacher.training.filters import NegativeFilter
-from hf_negteacher.training.negative_sources import example_key
 
 model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 option = sys.argv[3] if len(sys.argv) > 3 else ""
@@ -58,10 +57,13 @@ if uneven:
         trainer.negative_filter = DropEverything()
     with_negatives = trainer.online.pairs
     trainer.online.pairs = lambda examples: pairs_per_batch.append(len(out := with_negatives(examples))) or out
+seen = set()  # the prompts this process wrote pairs for
+writes_pairs = trainer.online.pairs
+trainer.online.pairs = lambda examples: seen.update(tokenizer.decode(e["prompt_ids"]) for e in examples) or \
+    writes_pairs(examples)
 trainer.train()
 output_dir.mkdir(parents=True, exist_ok=True)
-prompts = sorted(tokenizer.decode(e["prompt_ids"]) for e in trainer.train_dataset
-                 if example_key(e) in trainer.online.cache)
+prompts = sorted(seen)
 adapter_sum = lora_sum()
 (output_dir / f"shard_{rank}.json").write_text(json.dumps({"world_size": trainer.accelerator.num_processes,
                                                             "generation_calls": trainer.online.generation_calls,
