@@ -48,7 +48,7 @@ def weights():
 
 def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenizer, weights, tmp_path):
     policy = load_causal_lm(DEFAULT_MODEL, quantization=nf4_config())
-    trainer = NegativeTeacherTrainer(policy, args(tmp_path), ROWS, processing_class=smol_tokenizer,
+    trainer = NegativeTeacherTrainer(policy, args(tmp_path, refresh_every=2), ROWS, processing_class=smol_tokenizer,
                                      peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
                                      teacher_weights=weights)
     lora_before = {k: v.clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
@@ -57,7 +57,7 @@ def test_online_nf4_training_saves_an_adapter_that_reloads_exactly(smol_tokenize
     assert any(not torch.equal(v, dict(trainer.model.named_parameters())[k]) for k, v in lora_before.items())
 
     # The rejected answers are the teacher's: far likelier under the teacher than under the 4-bit base,
-    # and none is the dataset's reference.
+    # and none is the dataset's reference (refresh_every=2 keeps both steps' pairs in the cache; each row is seen once).
     prompts, negatives = [], []
     for example in trainer.train_dataset:
         key = example_key(example)
