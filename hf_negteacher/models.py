@@ -122,6 +122,13 @@ def decoder_block_count(source: str) -> int:
     return AutoConfig.from_pretrained(resolve_source(source)).get_text_config().num_hidden_layers
 
 
+def vocabulary_size(source: str) -> int:
+    """The size of the model's output vocabulary, from its config alone."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_source(source)).get_text_config().vocab_size
+
+
 def cache_dir() -> Path:
     """Where converted checkpoints are kept (`NEGTEACHER_CACHE`, else ~/.cache/hf_negteacher)."""
     return Path(os.environ.get("NEGTEACHER_CACHE", Path.home() / ".cache" / "hf_negteacher"))

@@ -58,6 +58,21 @@ def _adapter_dir(tmp: Path, base: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -
     return str(folder)
 
 
+def other_vocabulary_checkpoint(tmp: Path) -> str:
+    """A checkpoint folder (config and tokenizer) whose 96-word vocabulary is not SmolLM2's."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    folder = tmp / "other-vocabulary"
+    words = {f"w{i}": i for i in range(95)} | {"<unk>": 95}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(words, unk_token="<unk>")), unk_token="<unk>",
+                            pad_token="<unk>").save_pretrained(folder)
+    LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2).save_pretrained(folder)
+    return str(folder)
+
+
 def _train(*flags: str) -> Callable[[Path], list[str]]:
     return lambda tmp: ["train", RECIPE, "--output_dir", str(tmp / "out"), *flags]
 
@@ -126,6 +141,12 @@ CASES = [
          _train("--negative_source", "dataset"), "negative_source='dataset': row 0 has no `rejected` answer"),
     Case("chosen-source", "an unknown chosen source", _train("--chosen_source", "oracle"),
          "chosen_source='oracle'; allowed: reference"),
+    Case("chosen-checkpoint-missing", "a chosen_checkpoint folder that does not exist",
+         lambda tmp: _train("--chosen_source", "checkpoint", "--chosen_checkpoint", str(tmp / "nope"))(tmp),
+         "cannot be loaded"),
+    Case("chosen-checkpoint-vocabulary", "a chosen_checkpoint with another vocabulary than the policy's",
+         lambda tmp: _train("--loss_type", "sigmoid", "checkpoint_kd", "--chosen_checkpoint",
+                            other_vocabulary_checkpoint(tmp))(tmp), "has another vocabulary (96 tokens"),
     Case("negative-source-offline", "an online-only negative source with offline negatives",
          _train("--negative_source", "self", "--negatives_mode", "offline"), "is online only"),
     Case("num-negatives", "--num_negatives 0", _train("--num_negatives", "0"), "num_negatives=0 must be >= 1"),

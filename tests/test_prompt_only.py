@@ -2,9 +2,11 @@
 
 import copy
 import dataclasses
+import re
 
 import pytest
 import torch
+from bad_inputs import other_vocabulary_checkpoint
 from peft import LoraConfig
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer
@@ -300,3 +302,19 @@ def test_an_offline_file_is_rewritten_when_the_chosen_models_adapter_changed(tin
             if "lora_B" in name:
                 parameter.add_(0.5)
     assert generate()["fingerprint"] != first
+
+
+@pytest.mark.parametrize("loss_type", [["sigmoid"], ["sft", "checkpoint_kd"]])
+def test_a_missing_or_foreign_chosen_checkpoint_is_refused_before_any_generation(tiny_chat_model, smol_tokenizer,
+                                                                                 tmp_path, loss_type):
+    from hf_negteacher.training.negative_sources import SourceError
+
+    chosen = "checkpoint" if loss_type == ["sigmoid"] else "policy"  # the answers, or the logits alone
+    for folder, message in ((tmp_path / "missing", "cannot be loaded"),
+                            (other_vocabulary_checkpoint(tmp_path), r"another vocabulary \(96 tokens")):
+        args = config(tmp_path, chosen_source=chosen, chosen_checkpoint=str(folder), loss_type=loss_type,
+                      loss_weights=[1.0] * len(loss_type), negatives_mode="offline")
+        with pytest.raises(SourceError, match=rf"chosen_checkpoint='{re.escape(str(folder))}'.*{message}"):
+            NegativeTeacherTrainer(tiny_chat_model, args, PROMPTS[:4], processing_class=smol_tokenizer,
+                                   peft_config=lora())
+        assert not list(tmp_path.glob("**/negatives*.jsonl"))  # refused before the offline pairs were written

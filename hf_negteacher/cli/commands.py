@@ -66,14 +66,16 @@ def _epoch_steps(num_rows: int, args: NegativeTeacherConfig) -> int:
 
 
 def _prepare(argv: list[str], prog: str):
-    from ..models import decoder_block_count, load_tokenizer
-    from ..training.chosen_sources import chosen_source, reads_reference
+    from ..models import decoder_block_count, load_tokenizer, vocabulary_size
+    from ..training.chosen_sources import check_checkpoint, chosen_source, reads_reference
     from ..training.negative_sources import negative_source, setup_sources
 
     model_args, data_args, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv, prog)
     _check_output_dir(args.output_dir)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     args.teacher_config().check_blocks(decoder_block_count(model_args.model_name_or_path))
+    if args.reads_checkpoint() and args.chosen_checkpoint:
+        check_checkpoint(args.chosen_checkpoint, tokenizer, vocabulary_size(model_args.model_name_or_path))
     chosen = chosen_source(args.chosen_source)
     train = _rows_and_pairs(data_args.dataset, data_args.num_train_rows, tokenizer, args.max_length,
                             require_answer=reads_reference(chosen), drop_references=data_args.drop_references)

@@ -141,3 +141,19 @@ def chosen_source(name: str) -> ChosenSource:
     if name not in CHOSEN_SOURCES:
         raise SourceError(f"chosen_source={name!r}; allowed: {', '.join(CHOSEN_SOURCES)}")
     return CHOSEN_SOURCES[name]()
+
+
+def check_checkpoint(source: str, tokenizer, vocab_size: int) -> None:
+    """Before any model loads: `chosen_checkpoint` is a model that loads offline and shares the policy's
+    vocabulary (its answers and logits must be the policy's tokens). Raises `SourceError` naming the field."""
+    from ..models import ModelSourceError, load_tokenizer, vocabulary_size
+
+    try:
+        theirs = load_tokenizer(source)
+        their_size = vocabulary_size(source)
+    except (ModelSourceError, OSError) as error:
+        raise SourceError(f"chosen_checkpoint={source!r} cannot be loaded: {error}") from None
+    if theirs.get_vocab() != tokenizer.get_vocab() or their_size != vocab_size:
+        raise SourceError(f"chosen_checkpoint={source!r} has another vocabulary ({len(theirs)} tokens, output size "
+                          f"{their_size}) than the policy ({len(tokenizer)} tokens, output size {vocab_size}): name "
+                          "the unquantized checkpoint of the policy's own model")

@@ -96,7 +96,8 @@ class NegativeTeacherConfig(DPOConfig):
                 "answer, adapter on; offline: as it is before training) or checkpoint (the answer of the model loaded "
                 "from the unquantized checkpoint, chosen_checkpoint); with the last two, rows may be prompts alone."})
     chosen_checkpoint: str | None = field(default=None, metadata={
-        "help": "chosen_source=checkpoint: the model to load, unquantized (default: the policy's own source)."})
+        "help": "chosen_source=checkpoint and checkpoint_kd: the model to load, unquantized (default: the policy's "
+                "own source); it must share the policy's vocabulary."})
     chosen_num_samples: int = field(default=1, metadata={
         "help": "chosen_source=policy or checkpoint: 1, the greedy answer; n > 1, the best of n samples "
                 "(negatives_temperature, top_p, top_k) by that model's length-normalized log-probability, complete "
@@ -244,6 +245,11 @@ class NegativeTeacherConfig(DPOConfig):
     def teacher_config(self) -> TeacherConfig:
         """The teacher's settings, from the one `teacher` spec."""
         return TeacherConfig.from_spec(self.teacher)
+
+    def reads_checkpoint(self) -> bool:
+        """Whether training loads the unquantized checkpoint (`chosen_checkpoint`): for its answers or its logits."""
+        loss_types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        return self.chosen_source == "checkpoint" or "checkpoint_kd" in loss_types
 
     def negative_filter(self) -> NegativeFilter:
         return NegativeFilter(self.filter_empty, self.filter_equal_to_reference, self.filter_duplicates)

@@ -23,7 +23,7 @@ from ..models import base_model_info, named_as
 from ..teacher.build import build_negative_teacher
 from ..teacher.follow import load_teacher_state, save_teacher_state
 from ..teacher.layer import materialized
-from .chosen_sources import ChosenSource, reads_reference
+from .chosen_sources import ChosenSource, check_checkpoint, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
 from .losses import split_loss_types
@@ -87,6 +87,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             eval_pairs = validate_rows(eval_rows, tokenizer, args.max_length, require_answer=require_answer)
         if args.negatives_mode == "online":
             setup_sources(train_rows + (eval_rows or []), self.negative_source, self.chosen_source)
+        if args.reads_checkpoint() and args.chosen_checkpoint:
+            check_checkpoint(args.chosen_checkpoint, tokenizer, model.config.get_text_config().vocab_size)
         info = base_model_info(model)
         self.base_model = dataclasses.replace(info, hub_id=base_model_id or info.hub_id)
         if self.base_model.hub_id is None:
