@@ -60,7 +60,7 @@ from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
 from hf_negteacher.data.rows import load_rows, validate_rows, without_reference
 from hf_negteacher.evaluation.generation_quality import QualitySettings, accepted_anywhere, first_word_match
 from hf_negteacher.evaluation.multiple_choice import choice_items, choice_rows, round_trip_items, round_trip_rows
-from hf_negteacher.evaluation.perplexity import EvalData
+from hf_negteacher.evaluation.perplexity import EvalData, checkpoint_kl_rows
 from hf_negteacher.evaluation.preference import heldout_negatives
 from hf_negteacher.evaluation.runner import score_variant
 from hf_negteacher.evaluation.statistics import metrics
@@ -128,6 +128,11 @@ def trained_for_scoring(source: str, nf4: bool, adapter: Path):
     return PeftModel.from_pretrained(for_scoring(load_policy(source, nf4)), str(adapter)).merge_and_unload().eval()
 
 
+def kept_for_scoring(source: str, nf4: bool, adapter: Path):
+    """`trained_for_scoring` when the run's trained adapter is still kept at `adapter`, else None."""
+    return trained_for_scoring(source, nf4, adapter) if saved_training_seconds(adapter) is not None else None
+
+
 def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: Path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -176,18 +181,21 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
     return seconds
 
 
-def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives, judge) -> dict:
+def score(model, tokenizer, data: EvalData, quality: QualitySettings, negatives, checkpoint) -> dict:
+    """Every metric of one model; `checkpoint` (the unquantized one) judges the round trip and gives the token KL."""
     start = time.perf_counter()
     scored = score_variant(model, tokenizer, data, engines=["builtin"], window=1, stride=1,
-                           batch_size=quality.batch_size, quality=quality, negatives=negatives, judge=judge)
+                           batch_size=quality.batch_size, quality=quality, negatives=negatives,
+                           judge=checkpoint if data.roundtrip_rows else None, checkpoint=checkpoint)
     return {"metrics": scored.row.metrics, "score_seconds": time.perf_counter() - start, "commit": git_commit(),
             "rows": {group: {k: v.tolist() for k, v in arrays.items()} for group, arrays in scored.rows.items()},
             "answers": [record["answers"] for record in scored.generations]}
 
 
-def backfill(result_file: Path, data: EvalData, tokenizer, judge) -> None:
-    """Add the content-seeing rows a run file scored before they existed, from its saved greedy answers: the
-    reverse task's first-word and anywhere matches, and the definitions' round trip (`judge` picks the word)."""
+def backfill(result_file: Path, data: EvalData, tokenizer, checkpoint, load_model) -> None:
+    """Add the rows a run file scored before they existed: from its saved greedy answers, the reverse task's
+    first-word and anywhere matches and the definitions' round trip (the `checkpoint` picks the word); and, where
+    `load_model()` still finds the run's model (its adapter is kept), the token KL from the `checkpoint`."""
     result = json.loads(result_file.read_text())
     rows, answers = result["rows"], [samples[0] for samples in result["answers"]]
     pairs = data.pairs[:len(answers)]
@@ -199,10 +207,14 @@ def backfill(result_file: Path, data: EvalData, tokenizer, judge) -> None:
         rows["generation"]["accepted_anywhere"] = [float(accepted_anywhere(a, r)) for a, r in zip(answers, references,
                                                                                                    strict=True)]
         added.append("first word / anywhere")
-    if judge is not None and data.roundtrip_rows and "roundtrip" not in rows:
+    if data.roundtrip_rows and "roundtrip" not in rows:
         items = round_trip_items(data.roundtrip_rows, answers, tokenizer)
-        rows["roundtrip"] = {"roundtrip_correct": choice_rows(judge, tokenizer, items)["choice_correct"].tolist()}
+        rows["roundtrip"] = {"roundtrip_correct": choice_rows(checkpoint, tokenizer, items)["choice_correct"].tolist()}
         added.append("round trip")
+    if "checkpoint_kl" not in rows and (model := load_model()) is not None:
+        kl = checkpoint_kl_rows(model, checkpoint, tokenizer, data.pairs, batch_size=32)
+        rows["checkpoint_kl"] = {k: v.tolist() for k, v in kl.items()}
+        added.append("token KL from the checkpoint")
     if added:
         result["metrics"] |= metrics({group: {k: np.array(v) for k, v in values.items()}
                                       for group, values in rows.items()})
@@ -298,7 +310,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     sizes = (f"rows={len(data.pairs)}-choices={len(data.choices)}-gen={quality.generation_rows}-pref={args.preference}"
              "-scored=dequantized")
     weights = checkpoint_weights(source)
-    judge = load_policy(source, nf4=False).eval() if data.roundtrip_rows else None
+    checkpoint = load_policy(source, nf4=False).eval()
     base = load_policy(source, nf4)
     described = base_model_info(base).weights
     negatives = None
@@ -313,10 +325,10 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
     if args.backfill and not untrained_file.is_file():
         raise SystemExit(f"--backfill: {untrained_file} was never scored; run without --backfill first")
     if not untrained_file.is_file():
-        atomic_write_json(untrained_file, {**score(for_scoring(base), tokenizer, data, quality, negatives, judge),
+        atomic_write_json(untrained_file, {**score(for_scoring(base), tokenizer, data, quality, negatives, checkpoint),
                                            **sealed})
     elif args.backfill:
-        backfill(untrained_file, data, tokenizer, judge)
+        backfill(untrained_file, data, tokenizer, checkpoint, functools.partial(for_scoring, base))
     results[UNTRAINED] = [json.loads(untrained_file.read_text()) | {"seed": None}]
     del base
     train_rows = load_rows(task.train)[: 4 * args.steps]
@@ -333,10 +345,12 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
                 seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
                                         teacher_spec, weights, task.chosen_max_new_tokens)
                 model = trained_for_scoring(source, nf4, work)
-                atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives, judge),
+                atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives, checkpoint),
                                                 "train_seconds": seconds, **sealed})
             elif args.backfill:
-                backfill(result_file, data, tokenizer, judge)
+                kept = functools.partial(kept_for_scoring, source, nf4,
+                                         adapter_dir(args, model_key, task_key, method, seed, nf4))
+                backfill(result_file, data, tokenizer, checkpoint, kept)
             results[METHODS[method]].append(json.loads(result_file.read_text()) | {"seed": seed})
     results = {method: runs for method, runs in results.items() if runs}
     preference = f"; preference: reference vs one `{teacher_spec}` sample per row" if args.preference else ""
@@ -385,8 +399,9 @@ def main() -> None:
                         help="score the sealed test split (bundled:test, bundled:reverse-test), once, for settings "
                              "benchmarks/sealed_choices.yaml names and that is committed")
     parser.add_argument("--backfill", action="store_true",
-                        help="add content-seeing rows (first word, anywhere, round trip) to finished run files "
-                             "that predate them, from their saved answers; trains and scores nothing new")
+                        help="add rows to finished run files that predate them: content-seeing (first word, "
+                             "anywhere, round trip) from their saved answers, the token KL from the checkpoint "
+                             "where the run's adapter is kept; trains nothing")
     parser.add_argument("--train_only", action="store_true",
                         help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")

@@ -32,7 +32,8 @@ class Task:
     """Prompt-only methods' chosen answers (None: `NEGATIVE_SAMPLING`'s limit); long enough to end."""
 
 
-COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin", "choice_accuracy_ended/builtin")
+COMMON_METRICS = ("answer_perplexity/builtin", "choice_accuracy/builtin", "choice_accuracy_ended/builtin",
+                  "checkpoint_kl/builtin")
 TASKS = {"reverse": Task("bundled:reverse-train", "bundled:reverse-eval", "bundled:reverse-test", 8,
                         (*COMMON_METRICS, "first_word_match", "accepted_anywhere", "exact_match", "accepted_match")),
          "definitions": Task("bundled:train", "bundled:eval", "bundled:test", 48,

@@ -114,3 +114,14 @@ def test_answer_quality_evaluate_module_loads_offline_by_path(monkeypatch):
     assert result["rougeL_per_answer"][0] == pytest.approx(2 / 3)
     assert result["chrF"] == pytest.approx((chrf("the cat sat", "the cat sat on the mat") + 100 * 35 / 55) / 2)
     assert result["words"] == 2.0 and result["empty_fraction"] == 0.0
+
+
+def test_checkpoint_kl_is_token_weighted_and_resampled_with_its_rows():
+    rows = {"checkpoint_kl": {"kl_sum": np.array([3.0, 0.0, 1.0]), "kl_tokens": np.array([3, 1, 4])}}
+    assert metrics(rows) == {"checkpoint_kl/builtin": pytest.approx(4.0 / 8)}  # not the mean of per-row means
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 9, 40)
+    far = {"checkpoint_kl": {"kl_sum": tokens * rng.uniform(0.5, 1.5, 40), "kl_tokens": tokens}}
+    closer = {"checkpoint_kl": {"kl_sum": far["checkpoint_kl"]["kl_sum"] * 0.8, "kl_tokens": tokens}}
+    difference = paired_bootstrap(closer, far, resamples=200)["checkpoint_kl/builtin"]
+    assert difference.difference == pytest.approx(-0.2 * difference.b) and difference.low < difference.high < 0

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from hf_negteacher.logprobs import (
+    completion_kl,
     completion_logprobs,
     option_logprobs,
     perplexity,
@@ -67,6 +68,26 @@ def test_completion_logprobs_and_perplexity_by_hand(tiny_llama):
     assert perplexity([(total, count)]) == pytest.approx(math.exp(-total / 3))
     with pytest.raises(ValueError, match="zero tokens"):
         perplexity([(0.0, 0)])
+
+
+def test_completion_kl_is_the_hand_computed_kl_over_answer_positions_and_zero_against_itself(tiny_llama):
+    import copy
+
+    other = copy.deepcopy(tiny_llama)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    prompt, answer = [4, 9, 2], [7, 7, 30]
+    (total, count), = completion_kl(tiny_llama, other, [prompt], [answer], pad_token_id=0)
+    with torch.no_grad():
+        ours, theirs = (torch.log_softmax(m(input_ids=torch.tensor([prompt + answer])).logits[0], -1)
+                        for m in (tiny_llama, other))
+    positions = range(len(prompt) - 1, len(prompt) - 1 + len(answer))  # the logits that predict each answer token
+    expected = sum((theirs[i].exp() * (theirs[i] - ours[i])).sum().item() for i in positions)
+    assert count == 3 and expected > 1e-3 and total == pytest.approx(expected, rel=1e-4)
+    padded = completion_kl(tiny_llama, other, [prompt, [4]], [answer, [7, 8, 9, 10, 11]], pad_token_id=0)
+    assert padded[0] == (pytest.approx(total, rel=1e-3), 3)  # padding leaves a row's score unchanged
+    assert completion_kl(tiny_llama, tiny_llama, [prompt], [answer], pad_token_id=0)[0][0] == pytest.approx(0, abs=1e-6)
 
 
 def test_option_logprobs_equal_each_option_scored_alone_by_hand(tiny_llama):

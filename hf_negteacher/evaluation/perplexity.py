@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data.rows import DataFormatError, PromptAnswer, fit_answers, load_rows, text_documents, validate_rows
-from ..logprobs import answer_logprobs, sliding_window_logprob
+from ..logprobs import answer_logprobs, completion_kl, sliding_window_logprob
 from .multiple_choice import ChoiceDataError, ChoiceItem, choice_items, round_trip_rows
 from .statistics import answer_perplexity
 
@@ -115,6 +115,17 @@ def answer_rows(model, tokenizer, pairs: Sequence[PromptAnswer], *, batch_size: 
                              batch_size=batch_size, progress=True)
     return {"answer_logprob": np.array([s for s, _ in scores]), "answer_tokens": np.array([n for _, n in scores]),
             "answer_bytes": np.array([len(p.answer.encode("utf-8")) for p in pairs])}
+
+
+def checkpoint_kl_rows(model, checkpoint, tokenizer, pairs: Sequence[PromptAnswer], *, batch_size: int = 16
+                       ) -> dict[str, np.ndarray]:
+    """Per row: the summed token KL(checkpoint || model) over the reference answer given its prompt, and its
+    tokens (tokenized as `answer_rows` tokenizes them)."""
+    prompts = tokenizer([p.prompt for p in pairs], add_special_tokens=False).input_ids
+    answers = tokenizer([p.answer for p in pairs], add_special_tokens=False).input_ids
+    scores = completion_kl(model, checkpoint, prompts, answers, pad_token_id=tokenizer.pad_token_id,
+                           batch_size=batch_size, progress=True)
+    return {"kl_sum": np.array([s for s, _ in scores]), "kl_tokens": np.array([n for _, n in scores])}
 
 
 def lm_eval_metrics(model, tokenizer, data: EvalData, *, window: int, batch_size: int = 16,

@@ -20,6 +20,7 @@ LABELS = {
     "preference_margin": "pref. margin (nats)", "exact_match": "exact match", "accepted_match": "any accepted",
     "choice_accuracy": "multiple choice acc.", "choice_accuracy_ended": "multiple choice acc., ended",
     "first_word_match": "first word right", "accepted_anywhere": "word anywhere", "roundtrip_accuracy": "round trip",
+    "checkpoint_kl": "token KL from checkpoint",
 }
 ADAPTER_SUFFIX = "+ adapter"
 

@@ -21,7 +21,14 @@ from ..teacher.contrastive import ContrastSettings, contrast_with, teacher_for_d
 from .comparison import write_comparison
 from .generation_quality import QualitySettings, generation_rows
 from .multiple_choice import ChoiceDataError, choice_rows, end_of_turn_text, round_trip_items
-from .perplexity import EvalData, answer_rows, builtin_perplexity, lm_eval_metrics, perplexity_metrics
+from .perplexity import (
+    EvalData,
+    answer_rows,
+    builtin_perplexity,
+    checkpoint_kl_rows,
+    lm_eval_metrics,
+    perplexity_metrics,
+)
 from .preference import preference_rows
 from .report import ADAPTER_SUFFIX, EvalRow, write_table
 from .statistics import Difference, RowScores, metric_rows, metrics, paired_bootstrap
@@ -94,17 +101,20 @@ class ModelScores:
 def score_variant(model, tokenizer, data: EvalData, *, engines: Sequence[str], window: int, stride: int,
                   batch_size: int, quality: QualitySettings | None = None,
                   negatives: Sequence[str] | None = None, name: str = "model",
-                  processor: ProcessorFactory | None = None, judge=None) -> ModelScores:
+                  processor: ProcessorFactory | None = None, judge=None, checkpoint=None) -> ModelScores:
     """Every metric for one model: perplexity by each engine; on prompt/answer data with `quality`, also
     generated-answer quality (decoded with `processor` when given, e.g. contrastive decoding), (with
     `negatives`) held-out preference accuracy and (with a frozen `judge` model, on definitions rows) the round
     trip: the judge picks each row's word among 5 from the generated definition; on data with multiple-choice
-    items, their accuracy, bare and with the end of turn after each option."""
+    items, their accuracy, bare and with the end of turn after each option; with the unquantized `checkpoint`,
+    the token KL from it on the reference answers (what quantization recovery closes)."""
     if not data.pairs:
         scored = perplexity_metrics(model, tokenizer, data, engines=engines, window=window, stride=stride,
                                     batch_size=batch_size)
         return ModelScores(EvalRow(name, scored, dict.fromkeys(scored, len(data.texts))), {}, [])
     rows: RowScores = {"answers": answer_rows(model, tokenizer, data.pairs, batch_size=batch_size)}
+    if checkpoint is not None:
+        rows["checkpoint_kl"] = checkpoint_kl_rows(model, checkpoint, tokenizer, data.pairs, batch_size=batch_size)
     generations: list[dict] = []
     if quality is not None:
         rows["generation"], generations = generation_rows(model, tokenizer, data.pairs, quality, processor)

@@ -3,7 +3,8 @@ over rows (`paired_bootstrap`), or over training seeds and then rows (`seed_row_
 
 Rows are grouped: `answers` (reference log-probability and tokens -> answer perplexity), `generation`
 (greedy or sampled answers against the references), `choice` (multiple choice), `roundtrip` (a frozen judge
-picks the word from each generated definition), `preference` (reference vs the teacher's held-out negative).
+picks the word from each generated definition), `preference` (reference vs the teacher's held-out negative),
+`checkpoint_kl` (the token KL from the unquantized checkpoint on the reference answers).
 A group's rows are the same for every model, so two models compare row by row. numpy and scipy only: the
 benchmark report runs on a machine without torch.
 """
@@ -39,6 +40,12 @@ def answer_perplexity(rows: dict[str, np.ndarray], index: np.ndarray | None = No
             "answer_bits_per_byte/builtin": -total / rows["answer_bytes"][index].sum(1) / math.log(2)}
 
 
+def checkpoint_kl(rows: dict[str, np.ndarray], index: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Token-weighted mean KL(checkpoint || model) over the reference answers of the rows `index` selects."""
+    index = np.arange(len(rows["kl_sum"]))[None] if index is None else index
+    return {"checkpoint_kl/builtin": rows["kl_sum"][index].sum(1) / rows["kl_tokens"][index].sum(1)}
+
+
 def aggregate(scores: RowScores, index: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Each metric over the rows `index` selects (shape resamples x rows; None: every row once)."""
     out: dict[str, np.ndarray] = {}
@@ -48,6 +55,8 @@ def aggregate(scores: RowScores, index: np.ndarray | None = None) -> dict[str, n
         pick = {key: values[idx] for key, values in rows.items()}
         if group == "answers":
             out |= answer_perplexity(rows, idx)
+        elif group == "checkpoint_kl":
+            out |= checkpoint_kl(rows, idx)
         else:
             out |= {name: pick[key].mean(1) for key, name in MEAN_METRICS.get(group, {}).items() if key in pick}
     return out
@@ -62,7 +71,8 @@ def metric_rows(scores: RowScores) -> dict[str, int]:
     counts: dict[str, int] = {}
     for group, rows in scores.items():
         n = len(next(iter(rows.values())))
-        names = answer_perplexity(rows) if group == "answers" else MEAN_METRICS.get(group, {}).values()
+        names = (answer_perplexity(rows) if group == "answers" else checkpoint_kl(rows) if group == "checkpoint_kl"
+                 else MEAN_METRICS.get(group, {}).values())
         counts |= dict.fromkeys(names, n)
     return counts
 
