@@ -9,23 +9,31 @@ refresh_every 1 and 3 (the share is the mean of the per-step `negatives/generati
 peak resident set size while training, in separate processes (2 steps each): trl.DPOTrainer on the 4-bit
 policy alone and NegativeTeacherTrainer with the packed teacher, both on the same cached teacher pairs; the
 packed teacher and a naive full-precision teacher copy generating online. Linux only (/proc/self/status).
+Run it alone on the machine. The tables are printed and saved with their setting as a run file under `--output`
+(default `benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 from peft import LoraConfig
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
+from hf_negteacher.atomic_write import atomic_write_json
 from hf_negteacher.data.rows import load_jsonl, load_rows
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import cost_tables  # noqa: E402  (the sibling module, run as a script)
 
 COMMON = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, max_length=128, gradient_checkpointing=False,
               learning_rate=2e-4, report_to=[], save_strategy="no", logging_steps=1, seed=0,
@@ -100,60 +108,61 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--memory-steps", type=int, default=2)
     parser.add_argument("--parts", nargs="+", choices=["online", "memory"], default=["online", "memory"])
+    parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "runs" / "bench_cost"))
     parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         memory_case(args.memory_case, args.memory_steps, args.pairs_file)
         return
-    print("NF4 SmolLM2-135M + LoRA r16, batch 4, max_length 128, CPU")
-    if "memory" in args.parts:
-        print_memory(args.memory_steps)
-    if "online" in args.parts:
-        print_online(args.steps)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    run = {"command": " ".join(["python benchmarks/bench_cost.py", *sys.argv[1:]]),
+           "date": time.strftime("%Y-%m-%d"), "commit": commit, "model": DEFAULT_MODEL,
+           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                      f"torch {torch.__version__}",
+           "memory_steps": args.memory_steps, "steps": args.steps,
+           "memory": measure_memory(args.memory_steps) if "memory" in args.parts else None,
+           "online": measure_online(args.steps) if "online" in args.parts else None}
+    atomic_write_json(Path(args.output) / "cost.json", run)
+    print(cost_tables(run))
 
 
-def print_memory(steps: int) -> None:
+def measure_memory(steps: int) -> list[dict]:
+    """Resident memory after setup and peak while training of each memory case, each in its own process."""
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     # The teacher's negatives for the first 4 * steps rows, generated once; the fixed-pair cases train on them.
     NegativeTeacherTrainer(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()),
                            NegativeTeacherConfig(output_dir=str(work), negatives_mode="offline", max_steps=1, **COMMON),
                            load_rows("bundled:train")[: 4 * steps], processing_class=load_tokenizer(DEFAULT_MODEL),
                            peft_config=lora(), teacher_weights=checkpoint_weights(DEFAULT_MODEL))
-    setup, peaks = {}, {}
-    for case in MEMORY_CASES:
+    rows = []
+    for case, label in MEMORY_CASES.items():
         command = [sys.executable, __file__, "--memory-case", case, "--memory-steps", str(steps),
                    "--pairs-file", str(work / "negatives.jsonl")]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        setup[case] = float(out.split("SETUP_RSS_MIB")[-1].split()[0])
-        peaks[case] = float(out.split("PEAK_RSS_MIB")[-1].split()[0])
-    base = peaks["dpo-policy-only"]
-    print(f"\nResident memory of the training process ({steps} steps, separate processes; the peak is taken over "
-          "the training steps, after loading)\n")
-    print("| run | resident after setup (MiB) | peak while training (MiB) | peak / policy-only | added |")
-    print("|---|---|---|---|---|")
-    for case, label in MEMORY_CASES.items():
-        print(f"| {label} | {setup[case]:.0f} | {peaks[case]:.0f} | {peaks[case] / base:.2f}x | "
-              f"{peaks[case] - base:+.0f} MiB |")
+        rows.append({"run": label, "setup_mib": float(out.split("SETUP_RSS_MIB")[-1].split()[0]),
+                     "peak_mib": float(out.split("PEAK_RSS_MIB")[-1].split()[0])})
+    return rows
 
 
-def print_online(steps: int) -> None:
+def measure_online(steps: int) -> list[dict]:
+    """Seconds per step and the share of it spent generating negatives, for each online setting."""
     tokenizer = load_tokenizer(DEFAULT_MODEL)
     weights = checkpoint_weights(DEFAULT_MODEL)
     rows = load_rows("bundled:train")[: 4 * steps]
     repeated = rows[: 4 * steps // 3 + 1] * 3  # each example seen about 3 times
-    online = {
-        "default (each example once), dequantize per forward": online_run(
-            tokenizer, weights, rows, steps, teacher_dequantize_once=False),
-        "default (each example once), dequantize once per generate": online_run(
-            tokenizer, weights, rows, steps, teacher_dequantize_once=True),
-        "examples seen ~3 times, refresh_every 1": online_run(tokenizer, weights, repeated, steps),
-        "examples seen ~3 times, refresh_every 3": online_run(tokenizer, weights, repeated, steps, refresh_every=3),
+    settings = {
+        "default (each example once), dequantize per forward": dict(rows=rows, teacher_dequantize_once=False),
+        "default (each example once), dequantize once per generate": dict(rows=rows, teacher_dequantize_once=True),
+        "examples seen ~3 times, refresh_every 1": dict(rows=repeated),
+        "examples seen ~3 times, refresh_every 3": dict(rows=repeated, refresh_every=3),
     }
-    print(f"\nOnline negatives, {steps} steps each (teacher int3 blocks 0-14, 32-token negatives)\n")
-    print("| setting | s/step | share of step time generating |\n|---|---|---|")
-    for name, (per_step, share) in online.items():
-        print(f"| {name} | {per_step:.2f} | {share:.0%} |")
+    results = []
+    for name, overrides in settings.items():
+        per_step, share = online_run(tokenizer, weights, overrides.pop("rows"), steps, **overrides)
+        results.append({"setting": name, "s_per_step": per_step, "generation_share": share})
+    return results
 
 
 if __name__ == "__main__":

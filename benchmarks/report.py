@@ -176,8 +176,8 @@ def cost(found) -> str:
              "Minutes to train (mean over seeds) as recorded in each run file, and the ratio to SFT on the same task "
              "and budget. The runs trained two at a time on the 2-core machine with `OMP_NUM_THREADS=1` each, so read "
              "the ratios, not the minutes. The share of a step spent generating negatives and peak memory come from "
-             "`benchmarks/bench_cost.py`, run alone on the machine; no run file of its is committed, so no figure of "
-             "its is quoted here. The teacher's own memory is in the next section.", "",
+             "`benchmarks/bench_cost.py`, run alone on the machine, after this table. The teacher's own memory is in "
+             "the next section.", "",
              "| task | steps | method | seeds | train min | / SFT |", "|---|---|---|---|---|---|"]
     for (task_dir, steps, method), runs in sorted(found.items()):
         if task_dir not in TASKS or method == UNTRAINED or "train_seconds" not in runs[0]:
@@ -186,7 +186,33 @@ def cost(found) -> str:
         sft = found.get((task_dir, steps, "sft"))
         ratio = f"{minutes * 60 / (sum(r['train_seconds'] for r in sft) / len(sft)):.1f}x" if sft else ""
         lines.append(f"| {task_dir} | {steps} | {METHODS[method]} | {len(runs)} | {minutes:.1f} | {ratio} |")
-    return "\n".join(lines)
+    run_file = HERE / "runs" / "bench_cost" / "cost.json"
+    return "\n".join(lines) + ("\n\n" + cost_tables(json.loads(run_file.read_text())) if run_file.exists() else "")
+
+
+def cost_tables(run: dict) -> str:
+    """The markdown tables of a `bench_cost.py` run file: peak memory of training, and the share of an online
+    step spent generating negatives."""
+    parts = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}; model {run['model']}, "
+             "NF4 policy + LoRA r16, batch 4, max_length 128, teacher int3 blocks 0-14, 32-token negatives"]
+    if run["memory"]:
+        base = next(row["peak_mib"] for row in run["memory"] if row["run"].startswith("trl.DPOTrainer"))
+        lines = [f"Resident memory of the training process ({run['memory_steps']} steps, each run in its own process; "
+                 "the peak is taken over the training steps, after loading)", "",
+                 "| run | resident after setup (MiB) | peak while training (MiB) | peak / policy-only | added |",
+                 "|---|---|---|---|---|"]
+        for row in run["memory"]:
+            peak = row["peak_mib"]
+            lines.append(f"| {row['run']} | {row['setup_mib']:.0f} | {peak:.0f} | {peak / base:.2f}x | "
+                         f"{peak - base:+.0f} MiB |")
+        parts.append("\n".join(lines))
+    if run["online"]:
+        lines = [f"Online negatives, {run['steps']} steps each", "",
+                 "| setting | s/step | share of step time generating |", "|---|---|---|"]
+        for row in run["online"]:
+            lines.append(f"| {row['setting']} | {row['s_per_step']:.2f} | {row['generation_share']:.0%} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def verdicts(found, choices: dict) -> str:
