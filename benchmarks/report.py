@@ -65,7 +65,8 @@ SECTIONS = [
      "and on the sealed split too: there the copy earns no measurable place beside distilling the checkpoint's "
      "answers, which alone lifts the untrained model. Both make the reference words' perplexity worse. On "
      "definitions the same recipe hurts.",
-     ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band"), "po_checkpoint_distill"),
+     ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band", "po_checkpoint_kd",
+      "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
 """Each question, its one-paragraph answer, the methods that answer it, and the control every other method is set
 against. The answers carry no figures: those are in the tables, regenerated."""
@@ -172,7 +173,11 @@ def metrics_check(found) -> str:
 
 def cost(found) -> str:
     """Training minutes of each method against SFT's, from the run files (`train_seconds`)."""
-    lines = ["## Cost: training time", "",
+    lines = ["## Cost: training time, memory, generation share", "",
+             "Every mode that generates while training costs several times SFT's time. Online, writing the "
+             "negatives takes about half of each step on the 2-core CPU, whatever `refresh_every` (a quarter is the "
+             "aim, not met); the packed copy adds a little peak memory, a full-precision copy two to three times as "
+             "much.", "",
              "Minutes to train (mean over seeds) as recorded in each run file, and the ratio to SFT on the same task "
              "and budget. The runs trained two at a time on the 2-core machine with `OMP_NUM_THREADS=1` each, so read "
              "the ratios, not the minutes. The share of a step spent generating negatives and peak memory come from "
