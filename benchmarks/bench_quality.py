@@ -14,7 +14,10 @@ allowed as many tokens as the chosen answer), `po_teacher`, `po_delta`, `po_chec
 pairs in the band), `po_teacher_sigmoid` (`po_teacher` without its `sft` term), `po_teacher_norm` and
 `po_teacher_beta5` (`po_teacher_sigmoid` with `po_delta`'s length normalization or its beta alone), and
 `po_checkpoint_delta` (`po_checkpoint` with `po_delta`'s loss), which drop
-the training rows' references and choose the policy's (or the unquantized checkpoint's) best of 4.
+the training rows' references and choose the policy's (or the unquantized checkpoint's) best of 4; and the
+recovery arms `po_checkpoint_kd` (distillation from the checkpoint's next-token distribution on its answers),
+`po_checkpoint_qdpo` (the checkpoint's answer against the policy's own sample) and `trl_distill`
+(`trl.DistillationTrainer` itself: on-policy, the checkpoint as teacher).
 Every run trains QLoRA (LoRA r16 on all linear layers of the NF4 policy, the product's setting; `--fp32`: LoRA
 on the dequantized GGUF) on the same first `4 x steps` training rows, batch 4, lr 2e-4, one seed unless
 `--seeds` says more. SFT is `trl.SFTTrainer` on prompt/completion rows (loss on the answer only); the
@@ -145,6 +148,23 @@ def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: 
                       peft_config=lora())
 
 
+def train_trl_distill(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: Path, source: str,
+                      max_completion_length: int):
+    """`trl.DistillationTrainer` as TRL ships it: on-policy (the NF4 policy's own samples, prompts alone), each
+    scored by the unquantized checkpoint's next-token distribution under its default divergence (reverse KL)."""
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    prompts = [{"prompt": r["messages"][:-1]} for r in rows]
+    args = DistillationConfig(output_dir=str(work), max_steps=steps, per_device_train_batch_size=4,
+                              learning_rate=2e-4, max_completion_length=max_completion_length,
+                              gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), bf16=False,
+                              report_to=[], save_strategy="no", logging_steps=max(1, steps // 4), seed=seed)
+    return DistillationTrainer(policy, teacher_model=load_policy(source, nf4=False).eval(), args=args,
+                               train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
+                               peft_config=lora())
+
+
 def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int, steps: int, teacher: str,
                      weights, work: Path, chosen_max_new_tokens: int | None = None):
     fields = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
@@ -170,9 +190,14 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
         logger.info("reusing the adapter trained at %s", work)
         return seconds
     policy = load_policy(source, nf4)
-    trainer = (train_sft(policy, tokenizer, train_rows, seed, steps, work) if method == "sft"
-               else train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
-                                     chosen_max_new_tokens))
+    if method == "sft":
+        trainer = train_sft(policy, tokenizer, train_rows, seed, steps, work)
+    elif method == "trl_distill":
+        trainer = train_trl_distill(policy, tokenizer, train_rows, seed, steps, work, source,
+                                    chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens)
+    else:
+        trainer = train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
+                                   chosen_max_new_tokens)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

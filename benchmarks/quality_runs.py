@@ -68,7 +68,9 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "po_checkpoint_kd": ("prompts alone: distillation from the unquantized checkpoint's next-token "
                                 "distribution on its best-of-4 answers (forward KL)"),
            "po_checkpoint_qdpo": ("prompts alone: the unquantized checkpoint's best-of-4 vs the policy's own sample "
-                                  "(QDPO)")}
+                                  "(QDPO)"),
+           "trl_distill": ("prompts alone: trl.DistillationTrainer, on-policy (the NF4 policy's samples), reverse "
+                           "KL to the unquantized checkpoint")}
 """Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
 PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
 METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
@@ -98,7 +100,7 @@ UNTRAINED = "untrained"
 
 
 def prompt_only(method: str) -> bool:
-    return METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
+    return method == "trl_distill" or METHOD_FIELDS.get(method, {}).get("chosen_source", "reference") != "reference"
 
 
 def rows_of(result: dict) -> dict:

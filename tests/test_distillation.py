@@ -76,3 +76,24 @@ def test_every_benchmark_method_is_a_valid_config(tmp_path):
     assert set(METHOD_FIELDS) <= set(METHODS) and {"po_checkpoint_kd", "po_checkpoint_qdpo"} <= set(METHOD_FIELDS)
     for method, fields in METHOD_FIELDS.items():
         config(tmp_path / method, **fields)
+
+
+def test_the_trl_distillation_arm_trains_the_policys_adapter_toward_the_checkpoint(tiny_base_dir, smol_tokenizer,
+                                                                                  tmp_path):
+    """`trl.DistillationTrainer` as the benchmark runs it (on-policy, the checkpoint as teacher) takes a LoRA policy
+    and the unquantized checkpoint: the arm cannot fail an hour into a benchmark."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_quality import load_policy, train_trl_distill
+
+    from hf_negteacher.data.rows import load_rows
+
+    trainer = train_trl_distill(load_policy(str(tiny_base_dir), nf4=True), smol_tokenizer,
+                                load_rows("bundled:reverse-train")[:4], seed=0, steps=1, work=tmp_path / "run",
+                                source=str(tiny_base_dir), max_completion_length=4)
+    assert getattr(trainer.model.get_base_model(), "is_loaded_in_4bit", False)  # the NF4 student, with its adapter
+    trainer.train()
+    moved = [p for n, p in trainer.model.named_parameters() if "lora_B" in n and p.abs().sum() > 0]
+    assert moved and trainer.state.log_history[-1]["train_loss"] > 0
