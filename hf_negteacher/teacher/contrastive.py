@@ -33,7 +33,7 @@ class ContrastSettings:
     """How strongly the teacher is subtracted (`beta`) and which tokens stay candidates (`alpha`).
 
     Defaults: the best of the sweep in `benchmarks/bench_decoding.py` (SmolLM2-135M + SFT adapter, by
-    ROUGE-L). There no setting beat plain greedy decoding (benchmarks/RESULTS.md, "Contrastive decoding").
+    ROUGE-L). There no setting beat plain greedy decoding (docs/findings.md, a validation reading).
     """
 
     beta: float = 0.5
