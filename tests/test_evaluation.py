@@ -203,6 +203,9 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
         assert 0 <= metrics["rougeL"] <= 1 and 0 <= metrics["preference_accuracy"] <= 1
     # the saved adapter is untrained (LoRA B = 0): the adapter row must equal the base row, value for value
     assert rows["base + adapter"] == pytest.approx(rows["base"], rel=1e-6)
+    # the token KL from the unquantized checkpoint: none for the checkpoint itself, some for the crippled copy
+    assert rows["unquantized checkpoint"]["checkpoint_kl/builtin"] == pytest.approx(0, abs=1e-5)
+    assert rows["negative teacher"]["checkpoint_kl/builtin"] > 1e-4
     generations = [json.loads(line) for line in (_report_dir(run_a) / "generations.jsonl").read_text().splitlines()]
     assert [g["row"] for g in generations] == [0, 1, 2]  # one row per prompt, --generation_rows of them
     assert generations[0]["reference"] == QA_ROWS[0]["completion"] and "teacher_negative" in generations[0]
@@ -231,6 +234,7 @@ def test_eval_reports_generated_answers_and_preference_accuracy_and_compares_two
     _eval(base_dir, report, *quality, "--compare", str(run_a), str(run_b), "--bootstrap_resamples", "200")
     compare = json.loads((report / "compare.json").read_text())["differences"]
     assert compare["answer_perplexity/builtin"]["difference"] != 0
+    assert compare["checkpoint_kl/builtin"]["difference"] < 0  # A's adapter is untrained, B's moves off the checkpoint
     ppl = compare["answer_perplexity/builtin"]
     assert ppl["half_width"] == pytest.approx((ppl["high"] - ppl["low"]) / 2) and ppl["half_width"] > 0
     assert f"| {ppl['half_width']:.3g} |" in (report / "compare.md").read_text()

@@ -188,3 +188,21 @@ def test_prompt_only_recipe_trains_on_the_prompts_alone(tmp_path):
     assert "| chosen_source | `checkpoint` |" in card and "| negative_source | `teacher` |" in card
     adapter = load_file(tmp_path / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_recover_recipe_distills_the_checkpoints_answers_without_generating_negatives(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from hf_negteacher.training.negative_sources import TeacherSource
+
+    asked = []
+    monkeypatch.setattr(TeacherSource, "candidates", lambda self, trainer, request: asked.append(request) or [])
+    main(["train", "recipes/smollm2-135m/recover.yaml", "--output_dir", str(tmp_path), "--max_steps", "1",
+          "--num_train_rows", "4", "--num_eval_rows", "4", "--negatives_max_new_tokens", "8",
+          "--chosen_num_samples", "2", "--save_strategy", "no"])
+    card = (tmp_path / "README.md").read_text()
+    loss_line = next(line for line in card.splitlines() if line.startswith("- loss: "))
+    assert "| chosen_source | `checkpoint` |" in card and "sft" in loss_line and "sigmoid" not in loss_line
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    assert asked == []  # no loss term reads a rejected side: the crippled copy never writes

@@ -276,13 +276,15 @@ def eval_command(argv: list[str]) -> None:
         variants = model_variants(model, teacher=teacher, full_precision=full_precision)
         weights = [f"unquantized checkpoint: {base_model_info(full_precision).weights}",
                    f"base: {base_model_info(base).weights}"]
-    judge = None
-    if quality is not None and data.roundtrip_rows:
-        judge = (full_precision if not eval_args.compare
-                 else load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval())
+    checkpoint = None  # the round trip's judge, and what every model's token KL is measured from
+    if data.pairs:
+        checkpoint = (full_precision if not eval_args.compare
+                      else load_causal_lm(model_args.model_name_or_path, dtype=model_args.dtype).eval())
     outcome = evaluate(variants, tokenizer, data, settings, teacher=teacher, teacher_spec=args.teacher,
                        output_dir=output_dir, negatives=negatives, compare=names,
-                       notes=[] if eval_args.compare else weights, judge=judge)
+                       notes=[] if eval_args.compare else weights,
+                       judge=checkpoint if quality is not None and data.roundtrip_rows else None,
+                       checkpoint=checkpoint)
     print(to_markdown(outcome.table, data_args.eval_dataset, outcome.notes))
     if eval_args.compare:
         print("\n" + compare_markdown(outcome.differences, names[0], names[1], outcome.table[0].rows))

@@ -152,17 +152,18 @@ def adapter_perplexity_table(model, tokenizer, pairs: Sequence[PromptAnswer], *,
 
 def evaluate(variants: Iterable[tuple[str, object]], tokenizer, data: EvalData, settings: EvalSettings, *,
              teacher, teacher_spec: str, output_dir: str | Path, negatives: Sequence[str] | None = None,
-             compare: Sequence[str] = (), notes: Sequence[str] = (), judge=None) -> EvalOutcome:
+             compare: Sequence[str] = (), notes: Sequence[str] = (), judge=None, checkpoint=None) -> EvalOutcome:
     """Score each (name, model) of `variants` and write `eval.md/json/png` (and `generations.jsonl` on
     prompt/answer data with quality metrics) in `output_dir`; with `compare` (the two adapters' names),
     also `compare.md/json/png` with every metric's A - B and its paired bootstrap interval. `notes` lead the
-    table's footnotes (which weights each row is, for example). `judge`: the frozen model of the round trip."""
+    table's footnotes (which weights each row is, for example). `judge`: the frozen model of the round trip;
+    `checkpoint`: the unquantized checkpoint, for every model's token KL from it on the reference answers."""
     contrast = settings.contrast
     decoding = teacher_for_decoding(teacher, settings.dequantize_once) if contrast else contextlib.nullcontext()
     with decoding:
         scores = [score_variant(model, tokenizer, data, engines=settings.engines, window=settings.window,
                                 stride=settings.stride, batch_size=settings.batch_size, quality=settings.quality,
-                                negatives=negatives, name=name, judge=judge,
+                                negatives=negatives, name=name, judge=judge, checkpoint=checkpoint,
                                 processor=contrast_with(teacher, contrast) if contrast and model is not teacher
                                 else None)
                   for name, model in variants]
