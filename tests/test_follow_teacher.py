@@ -3,6 +3,7 @@
 import copy
 import gc
 import weakref
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -52,6 +53,46 @@ def test_policy_weights_are_the_checkpoint_plus_the_merged_lora_delta(tiny_chat_
     for key, weight in weights.items():
         torch.testing.assert_close(weight, merged[key], rtol=0, atol=1e-6)
         assert not torch.equal(weight, tiny_chat_model.state_dict()[key])  # the delta is in
+
+
+class HeldCount(Mapping):
+    """Reads through to `weights` and counts, at each read, how many tensors it handed out are still alive."""
+
+    def __init__(self, weights):
+        self.weights, self.handed, self.most_alive = weights, weakref.WeakSet(), 0
+
+    def __getitem__(self, key):
+        gc.collect()
+        self.most_alive = max(self.most_alive, len(self.handed))
+        tensor = self.weights[key]
+        self.handed.add(tensor)
+        return tensor
+
+    def __contains__(self, key):
+        return key in self.weights
+
+    def __iter__(self):
+        return iter(self.weights)
+
+    def __len__(self):
+        return len(self.weights)
+
+
+def test_a_rebuild_holds_one_merged_layer_at_a_time(tiny_chat_model):
+    """Merged weights are made as the teacher reads them and dropped once packed, not all held at once."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    policy = get_peft_model(copy.deepcopy(tiny_chat_model), lora())
+    calls, delta = [], LoraLinear.get_delta_weight
+    LoraLinear.get_delta_weight = lambda layer, adapter: calls.append(adapter) or delta(layer, adapter)
+    try:
+        weights = HeldCount(policy_weights(policy, TeacherConfig.from_spec(SPEC)))
+        assert calls == []  # nothing merged before the teacher asks
+        teacher = build_negative_teacher(policy, config=TeacherConfig.from_spec(SPEC), weights=weights)
+    finally:
+        LoraLinear.get_delta_weight = delta
+    assert len(calls) == 2 * 7 and memory_report(teacher)["quantized_layers"] == 2 * 7
+    assert weights.most_alive <= 1  # at most the layer just packed is alive when the next is read, not all 14
 
 
 class Snapshot(TrainerCallback):
