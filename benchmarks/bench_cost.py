@@ -1,16 +1,20 @@
-"""What the negative teacher costs: online generation overhead, and peak memory of the training process.
+"""What the negative teacher costs: online generation overhead, peak memory of the training process, and the
+memory of rebuilding the teacher from the policy.
 
-    python benchmarks/bench_cost.py [--steps 8] [--memory-steps 3]
+    python benchmarks/bench_cost.py [--parts online memory rebuild] [--steps 8] [--memory-steps 2]
 
-Online overhead: NegativeTeacherTrainer at the default recipe's settings (NF4 SmolLM2-135M, LoRA r16,
+Online overhead (`online`): NegativeTeacherTrainer at the default recipe's settings (NF4 SmolLM2-135M, LoRA r16,
 batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with
 and without dequantizing the teacher once per generate call, and with repeated examples at
-refresh_every 1 and 3 (the share is the mean of the per-step `negatives/generation_time_share`). Memory:
-peak resident set size while training, in separate processes (2 steps each): trl.DPOTrainer on the 4-bit
-policy alone and NegativeTeacherTrainer with the packed teacher, both on the same cached teacher pairs; the
-packed teacher and a naive full-precision teacher copy generating online. Linux only (/proc/self/status).
-Run it alone on the machine. The tables are printed and saved with their setting as a run file under `--output`
-(default `benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
+refresh_every 1 and 3 (the share is the mean of the per-step `negatives/generation_time_share`). Memory
+(`memory`): peak resident set size while training, in separate processes (2 steps each): trl.DPOTrainer on the
+4-bit policy alone and NegativeTeacherTrainer with the packed teacher, both on the same cached teacher pairs; the
+packed teacher and a naive full-precision teacher copy generating online. Rebuild (`rebuild`): the peak resident
+memory of rebuilding the teacher from the LoRA policy (what the following teacher and strength feedback do),
+merging each layer as it is read and, as before, every layer at once, beside the packed teacher's own memory and
+one block's fp32 weights. Linux only (/proc/self/status). Run it alone on the machine. Each part's table is
+printed and saved with its setting as a run file `<part>.json` under `--output` (default
+`benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from hf_negteacher.data.rows import load_jsonl, load_rows
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import cost_tables  # noqa: E402  (the sibling module, run as a script)
+from report import cost_table  # noqa: E402  (the sibling module, run as a script)
 
 COMMON = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, max_length=128, gradient_checkpointing=False,
               learning_rate=2e-4, report_to=[], save_strategy="no", logging_steps=1, seed=0,
@@ -44,6 +48,11 @@ MEMORY_CASES = {
     "packed-online": "NegativeTeacherTrainer + packed teacher, online negatives (CPU defaults)",
     "naive-fp32-copy": "NegativeTeacherTrainer + a full-precision (fp32) teacher copy, online negatives",
 }
+REBUILD_CASES = {
+    "lazy": "merged layer by layer as the teacher reads them (PolicyWeights)",
+    "eager": "every merged layer held at once (a dict, as before)",
+}
+TEACHER = "int3,blocks=0-14"
 
 
 def lora() -> LoraConfig:
@@ -107,25 +116,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--parts", nargs="+", choices=["online", "memory"], default=["online", "memory"])
+    parser.add_argument("--parts", nargs="+", choices=["online", "memory", "rebuild"],
+                        default=["online", "memory", "rebuild"])
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "runs" / "bench_cost"))
     parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--rebuild-case", choices=REBUILD_CASES, help=argparse.SUPPRESS)
     parser.add_argument("--pairs-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         memory_case(args.memory_case, args.memory_steps, args.pairs_file)
         return
+    if args.rebuild_case:
+        rebuild_case(args.rebuild_case)
+        return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    run = {"command": " ".join(["python benchmarks/bench_cost.py", *sys.argv[1:]]),
-           "date": time.strftime("%Y-%m-%d"), "commit": commit, "model": DEFAULT_MODEL,
-           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                      f"torch {torch.__version__}",
-           "memory_steps": args.memory_steps, "steps": args.steps,
-           "memory": measure_memory(args.memory_steps) if "memory" in args.parts else None,
-           "online": measure_online(args.steps) if "online" in args.parts else None}
-    atomic_write_json(Path(args.output) / "cost.json", run)
-    print(cost_tables(run))
+    header = {"command": " ".join(["python benchmarks/bench_cost.py", *sys.argv[1:]]),
+              "date": time.strftime("%Y-%m-%d"), "commit": commit, "model": DEFAULT_MODEL,
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                         f"torch {torch.__version__}"}
+    measures = {"memory": lambda: {"memory_steps": args.memory_steps, "rows": measure_memory(args.memory_steps)},
+                "online": lambda: {"steps": args.steps, "rows": measure_online(args.steps)},
+                "rebuild": lambda: {"rows": measure_rebuild()}}
+    for part in args.parts:
+        run = {**header, "part": part, **measures[part]()}
+        atomic_write_json(Path(args.output) / f"{part}.json", run)
+        print(cost_table(run) + "\n")
 
 
 def measure_memory(steps: int) -> list[dict]:
@@ -143,6 +159,44 @@ def measure_memory(steps: int) -> list[dict]:
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append({"run": label, "setup_mib": float(out.split("SETUP_RSS_MIB")[-1].split()[0]),
                      "peak_mib": float(out.split("PEAK_RSS_MIB")[-1].split()[0])})
+    return rows
+
+
+def rebuild_case(case: str) -> None:
+    """Rebuild the teacher from the LoRA policy in this process; print resident memory after setup and the peak
+    of the rebuild, the rebuilt teacher's own memory and one block's fp32 weights (MiB)."""
+    from peft import get_peft_model
+
+    from hf_negteacher import build_negative_teacher, memory_report
+    from hf_negteacher.teacher.follow import policy_weights
+    from hf_negteacher.teacher.spec import TeacherConfig
+
+    config = TeacherConfig.from_spec(TEACHER)
+    checkpoint = {name: tensor.clone() for name, tensor in checkpoint_weights(DEFAULT_MODEL).items()}  # in memory
+    policy = get_peft_model(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()), lora())
+    teacher = build_negative_teacher(policy, config=config, weights=checkpoint)
+    merged = policy_weights(policy, config, checkpoint)
+    block = sum(checkpoint[key].numel() for key in merged if ".layers.0." in key) * 4 / 2**20
+    gc.collect()
+    setup = _status_mib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current RSS
+    teacher = build_negative_teacher(policy, config=config, weights=dict(merged) if case == "eager" else merged)
+    print(f"SETUP_RSS_MIB {setup:.1f}")
+    print(f"PEAK_RSS_MIB {_status_mib('VmHWM'):.1f}")
+    print(f"OWN_MIB {memory_report(teacher)['own_total'] / 2**20:.1f}")
+    print(f"BLOCK_MIB {block:.1f}")
+
+
+def measure_rebuild() -> list[dict]:
+    """Each rebuild case in its own process: its peak above the resident memory before it."""
+    rows = []
+    for case, label in REBUILD_CASES.items():
+        out = subprocess.run([sys.executable, __file__, "--rebuild-case", case], check=True, capture_output=True,
+                             text=True).stdout
+        read = {key: float(out.split(key)[-1].split()[0]) for key in ("SETUP_RSS_MIB", "PEAK_RSS_MIB", "OWN_MIB",
+                                                                       "BLOCK_MIB")}
+        rows.append({"run": label, "setup_mib": read["SETUP_RSS_MIB"], "peak_mib": read["PEAK_RSS_MIB"],
+                     "teacher_mib": read["OWN_MIB"], "block_mib": read["BLOCK_MIB"]})
     return rows
 
 

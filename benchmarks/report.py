@@ -191,33 +191,45 @@ def cost(found) -> str:
         sft = found.get((task_dir, steps, "sft"))
         ratio = f"{minutes * 60 / (sum(r['train_seconds'] for r in sft) / len(sft)):.1f}x" if sft else ""
         lines.append(f"| {task_dir} | {steps} | {METHODS[method]} | {len(runs)} | {minutes:.1f} | {ratio} |")
-    run_file = HERE / "runs" / "bench_cost" / "cost.json"
-    return "\n".join(lines) + ("\n\n" + cost_tables(json.loads(run_file.read_text())) if run_file.exists() else "")
+    runs = [HERE / "runs" / "bench_cost" / f"{part}.json" for part in COST_PARTS]
+    return "\n\n".join(["\n".join(lines), *(cost_table(json.loads(path.read_text())) for path in runs
+                                             if path.exists())])
 
 
-def cost_tables(run: dict) -> str:
-    """The markdown tables of a `bench_cost.py` run file: peak memory of training, and the share of an online
-    step spent generating negatives."""
-    parts = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}; model {run['model']}, "
-             "NF4 policy + LoRA r16, batch 4, max_length 128, teacher int3 blocks 0-14, 32-token negatives"]
-    if run["memory"]:
-        base = next(row["peak_mib"] for row in run["memory"] if row["run"].startswith("trl.DPOTrainer"))
-        lines = [f"Resident memory of the training process ({run['memory_steps']} steps, each run in its own process; "
-                 "the peak is taken over the training steps, after loading)", "",
-                 "| run | resident after setup (MiB) | peak while training (MiB) | peak / policy-only | added |",
-                 "|---|---|---|---|---|"]
-        for row in run["memory"]:
+COST_PARTS = ("memory", "online", "rebuild")
+"""`bench_cost.py`'s run files, `<part>.json`, in the order the cost section shows them."""
+
+
+def cost_table(run: dict) -> str:
+    """The markdown table of one `bench_cost.py` run file: peak memory of training, the share of an online step
+    spent generating negatives, or the memory of rebuilding the teacher from the policy."""
+    lines = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}; model {run['model']}, "
+             "NF4 policy + LoRA r16, batch 4, max_length 128, teacher int3 blocks 0-14, 32-token negatives", ""]
+    if run["part"] == "memory":
+        base = next(row["peak_mib"] for row in run["rows"] if row["run"].startswith("trl.DPOTrainer"))
+        lines += [f"Resident memory of the training process ({run['memory_steps']} steps, each run in its own process; "
+                  "the peak is taken over the training steps, after loading)", "",
+                  "| run | resident after setup (MiB) | peak while training (MiB) | peak / policy-only | added |",
+                  "|---|---|---|---|---|"]
+        for row in run["rows"]:
             peak = row["peak_mib"]
             lines.append(f"| {row['run']} | {row['setup_mib']:.0f} | {peak:.0f} | {peak / base:.2f}x | "
                          f"{peak - base:+.0f} MiB |")
-        parts.append("\n".join(lines))
-    if run["online"]:
-        lines = [f"Online negatives, {run['steps']} steps each", "",
-                 "| setting | s/step | share of step time generating |", "|---|---|---|"]
-        for row in run["online"]:
+    elif run["part"] == "online":
+        lines += [f"Online negatives, {run['steps']} steps each", "",
+                  "| setting | s/step | share of step time generating |", "|---|---|---|"]
+        for row in run["rows"]:
             lines.append(f"| {row['setting']} | {row['s_per_step']:.2f} | {row['generation_share']:.0%} |")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)
+    else:
+        lines += ["Rebuilding the teacher from the LoRA policy (the following teacher, strength feedback), each in its "
+                  "own process: the peak resident memory of the rebuild above the memory before it", "",
+                  "| rebuild | peak above before (MiB) | the rebuilt teacher's own (MiB) | one block's fp32 weights "
+                  "(MiB) | peak above the teacher, in blocks |", "|---|---|---|---|---|"]
+        for row in run["rows"]:
+            above = row["peak_mib"] - row["setup_mib"]
+            lines.append(f"| {row['run']} | {above:.1f} | {row['teacher_mib']:.1f} | {row['block_mib']:.1f} | "
+                         f"{(above - row['teacher_mib']) / row['block_mib']:.2f} |")
+    return "\n".join(lines)
 
 
 def verdicts(found, choices: dict) -> str:

@@ -332,6 +332,9 @@ class CheckpointWeights(Mapping[str, torch.Tensor]):
         with self._safe_open(self._files[name], framework="pt") as handle:
             return handle.get_tensor(name)
 
+    def __contains__(self, name: object) -> bool:  # Mapping's own would read the tensor to find out
+        return name in self._files
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._files)
 
