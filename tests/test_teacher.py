@@ -212,3 +212,21 @@ def test_teacher_codes_live_on_the_device_of_the_layers_they_replace(tiny_llama)
     packed = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
     assert len(packed) == 21  # 3 blocks x 7 linears
     assert {buffer.device.type for m in packed for buffer in m.buffers()} == {"meta"}
+
+
+def test_a_standalone_teacher_reads_tensors_that_zero3_partitioned_from_the_checkpoint(tiny_llama):
+    """Under `zero3_init` every process holds 0-element placeholders; copying them would make an empty teacher."""
+    import copy
+
+    checkpoint = state(tiny_llama)
+    expected = build_negative_teacher(tiny_llama, "int4", standalone=True, weights=checkpoint)
+    partitioned = copy.deepcopy(tiny_llama)
+    for name in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+                 "model.layers.1.post_attention_layernorm.weight"):
+        partitioned.get_parameter(name).data = torch.empty(0)  # what DeepSpeed leaves outside a gather
+    teacher = build_negative_teacher(partitioned, "int4", standalone=True, weights=checkpoint)
+    with torch.no_grad():
+        assert torch.equal(teacher(input_ids=IDS).logits, expected(input_ids=IDS).logits)
+    assert partitioned.get_parameter("lm_head.weight").numel() == 0  # the source model is left as it was
+    with pytest.raises(TeacherConfigError, match="'model.embed_tokens.weight' is empty here .*teacher_weights"):
+        build_negative_teacher(partitioned, "int4", standalone=True)

@@ -59,6 +59,8 @@ def build_negative_teacher(model: nn.Module, quantizer: str = "ternary", *, conf
             base=_share_frozen(base_layer, {}) if config.strength < 1.0 else None,
         ).to(device)  # the checkpoint's tensors are read onto the CPU: the codes go where the policy's layer is
     teacher = _share_frozen(base_model, replacements, standalone)
+    if standalone:
+        _fill_partitioned(teacher, weights)
     teacher.teacher_config = config
     logger.info("negative teacher %s: %d packed linear layers, %.2f bits per weight",
                 config.to_spec(), len(replacements), memory_report(teacher)["bits_per_weight"])
@@ -198,6 +200,26 @@ def _share_frozen(module: nn.Module, replacements: dict[nn.Module, nn.Module], s
         new._parameters[name] = nn.Parameter(module._parameters[name].detach(), requires_grad=False)
     new.training = False
     return new
+
+
+@torch.no_grad()
+def _fill_partitioned(teacher: nn.Module, weights: Mapping[str, torch.Tensor] | None) -> None:
+    """A standalone teacher's copied tensors that came out empty (DeepSpeed ZeRO-3 partitions a model loaded
+    under `zero3_init`, leaving each process a 0-element placeholder) are read from the checkpoint instead; a tied
+    LM head the checkpoint does not store takes the input embeddings (listed before it)."""
+    tied = getattr(teacher.config.get_text_config(), "tie_word_embeddings", False)
+    output = teacher.get_output_embeddings()
+    for name, tensor in [*teacher.named_parameters(), *teacher.named_buffers()]:
+        if tensor.numel():
+            continue
+        if weights is not None and name in weights:
+            tensor.data = weights[name].to(dtype=tensor.dtype)
+        elif tied and output is not None and tensor is output.weight:
+            tensor.data = teacher.get_input_embeddings().weight.data
+        else:
+            raise TeacherConfigError(
+                f"the model's tensor {name!r} is empty here (partitioned by DeepSpeed ZeRO-3?): a standalone teacher "
+                "needs the checkpoint's own tensors; pass teacher_weights=models.checkpoint_weights(source)")
 
 
 def _unique_tensors(module: nn.Module) -> Iterator[torch.Tensor]:
