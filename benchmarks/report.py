@@ -222,7 +222,9 @@ def cost_table(run: dict) -> str:
             lines.append(f"| {row['setting']} | {row['s_per_step']:.2f} | {row['generation_share']:.0%} |")
     else:
         lines += ["Rebuilding the teacher from the LoRA policy (the following teacher, strength feedback), each in its "
-                  "own process: the peak resident memory of the rebuild above the memory before it", "",
+                  "own process: the peak resident memory of the rebuild above the memory before it (below the new "
+                  "teacher's own size where the process reused memory it had freed); the aim is at most one block "
+                  "above the teacher", "",
                   "| rebuild | peak above before (MiB) | the rebuilt teacher's own (MiB) | one block's fp32 weights "
                   "(MiB) | peak above the teacher, in blocks |", "|---|---|---|---|---|"]
         for row in run["rows"]:
