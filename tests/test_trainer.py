@@ -451,3 +451,20 @@ def test_offline_negatives_of_another_teacher_with_the_same_spec_are_not_reused(
     weights = {f"{name}.weight": module.weight.detach() * 3 for name, module in tiny_chat_model.named_modules()
                if isinstance(module, torch.nn.Linear)}
     assert generates(build_negative_teacher(tiny_chat_model, "int3", group_size=32, weights=weights))
+
+
+def test_an_evaluation_at_a_save_step_leaves_the_next_training_seeds_as_a_resumed_run_draws_them(
+        tiny_chat_model, smol_tokenizer, tmp_path):
+    trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, max_steps=1), ROWS,
+                                     processing_class=smol_tokenizer, peft_config=lora())
+    model = trainer.model
+    trainer.state.global_step = 3
+    model.train()
+    resumed = type(trainer.online)(trainer)  # a run resumed at step 3: training draws first
+    drawn = [resumed.next_seed(), resumed.next_seed()]
+    uninterrupted = type(trainer.online)(trainer)  # evaluates at step 3 (a save step) first
+    model.eval()
+    evaluated = [uninterrupted.next_seed(), uninterrupted.next_seed()]
+    model.train()
+    assert [uninterrupted.next_seed(), uninterrupted.next_seed()] == drawn
+    assert not set(evaluated) & set(drawn)

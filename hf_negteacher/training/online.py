@@ -66,7 +66,8 @@ class OnlinePairs:
         self.stats: Counter[str] = Counter()  # this batch's statistics, reduced over processes when logged
         self.generation_seconds = 0.0
         self.generation_calls = 0
-        self._step, self.calls_this_step = -1, 0
+        self._counting: tuple[bool, int] = (True, -1)  # (training, step) whose negatives calls are counted
+        self.calls_this_step = 0
         self.warned_ties = False
 
     @property
@@ -131,14 +132,18 @@ class OnlinePairs:
 
     def next_seed(self) -> int:
         """The next negatives call's seed: a function of (process, step, call within the step) only, so a
-        resumed run samples as the original did."""
-        if self._step != self.trainer.state.global_step:
-            self._step, self.calls_this_step = self.trainer.state.global_step, 0
+        resumed run samples as the original did. Evaluation counts its calls apart (an evaluation at a save step
+        must not shift the seeds of the training step after it, which a resumed run would not)."""
+        counting = (self.trainer.model.training, self.trainer.state.global_step)
+        if self._counting != counting:
+            self._counting, self.calls_this_step = counting, 0
         self.calls_this_step += 1
-        return self.seed(self.calls_this_step - 1)
+        call = self.calls_this_step - 1
+        return self.seed(call if counting[0] else -2 - call)
 
     def seed(self, call: int) -> int:
-        """Call -1 is the chosen source's (one per batch), 0, 1, ... the negative source's."""
+        """Call -1 is the chosen source's (one per batch), 0, 1, ... the negative source's in training, -2, -3,
+        ... in evaluation."""
         trainer = self.trainer
         return (trainer.args.generation_settings().seed + 1_000_003 * trainer.accelerator.process_index
                 + 7919 * trainer.state.global_step + 104_729 * call)
