@@ -23,6 +23,7 @@ from ..data.rows import preference_row
 from ..generation import GenerationSettings, generate_negative_ids, stop_token_ids
 from ..models import eval_mode
 from ..teacher.layer import materialized
+from .trl_private import tokenize_preference_rows
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,7 @@ class DatasetSource:
     def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
         if self._answers is None:  # tokenized by TRL's own DPO preprocessing, as the training rows are
             self._answers = {}
-            tokenized = trainer._prepare_dataset(Dataset.from_list(self._rows), trainer.processing_class,
-                                                 trainer.args, "dataset rejected")
+            tokenized = tokenize_preference_rows(trainer, Dataset.from_list(self._rows), "dataset rejected")
             for example in tokenized:
                 self._answers.setdefault(example_key(example), []).append(example["rejected_ids"])
         out = []

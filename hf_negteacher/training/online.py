@@ -15,6 +15,7 @@ from ..models import eval_mode
 from .band import in_band, pair_margins
 from .losses import reads_rejected
 from .negative_sources import SourceRequest, TeacherSource, cut_suffix, example_key
+from .trl_private import step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class OnlinePairs:
         local = torch.tensor([float(self.stats[n]) for n in names], device=trainer.accelerator.device)
         total = dict(zip(names, trainer.accelerator.reduce(local, reduction="sum").tolist(), strict=True))
         self.stats.clear()
-        metrics = trainer._metrics["train" if trainer.model.training else "eval"]
+        metrics = step_metrics(trainer)
         for metric, numerator, denominator, when in STEP_RATIOS:
             if total[when]:
                 metrics[metric].append(total[numerator] / total[denominator])
@@ -202,7 +203,7 @@ class OnlinePairs:
         if isinstance(trainer.negative_source, TeacherSource):  # how far the teacher is from the references
             with eval_mode(trainer.teacher):
                 scores = completion_logprobs(trainer.teacher, prompts, references,
-                                             pad_token_id=trainer._tokenizer.pad_token_id,
+                                             pad_token_id=trainer_tokenizer(trainer).pad_token_id,
                                              batch_size=settings.batch_size)
             self.stats["reference_logprob"] += sum(score for score, _ in scores)
             self.stats["reference_tokens"] += sum(n for _, n in scores)

@@ -26,13 +26,13 @@ from ..teacher.layer import materialized
 from .chosen_sources import ChosenSource, check_checkpoint, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
-from .losses import split_loss_types
 from .negative_sources import NegativeSource, setup_sources
 from .negative_sources import negative_source as negative_source_named
 from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
 from .online import KeepExamples, OnlinePairs, online_rows
 from .progress import use_numeric_log_lines
 from .teacher_updates import TeacherUpdates
+from .trl_private import keep_trl_loss_types, step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class NegativeTeacherTrainer(DPOTrainer):
             raise ConfigError("keep_dataset_rejected with num_negatives > 1 on several processes needs "
                               "negatives_mode=offline (online, processes would hold different numbers of pairs)")
         # TRL's loss loop sees its own loss types; the registered terms (losses.py) are added in `compute_loss`.
-        self.loss_types, self.loss_weights, self.loss_terms = split_loss_types(self.loss_types, self.loss_weights)
+        self.loss_terms = keep_trl_loss_types(self)
         if not (args.bf16 or args.fp16):
             # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
             # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
@@ -149,7 +149,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                 if parameter.requires_grad and parameter.dtype == torch.bfloat16:
                     parameter.data = parameter.data.float()
         self._preference_collator = DataCollatorForPreference(
-            pad_token_id=self._tokenizer.pad_token_id, max_length=args.max_length,
+            pad_token_id=trainer_tokenizer(self).pad_token_id, max_length=args.max_length,
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
         )
         self.dataset_name = "custom"
@@ -244,9 +244,9 @@ class NegativeTeacherTrainer(DPOTrainer):
         """Add `value` to this step's training log under `name`: averaged over the logging interval, as TRL's
         metrics, or with `latest` the interval's last value (a step or a setting, which an average would invent)."""
         if latest:
-            self._metrics["train"][name] = [value]
+            step_metrics(self, "train")[name] = [value]
         else:
-            self._metrics["train"][name].append(value)
+            step_metrics(self, "train")[name].append(value)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -292,12 +292,12 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        accuracies = self._metrics["train" if self.model.training else "eval"].get("rewards/accuracies")
+        accuracies = step_metrics(self).get("rewards/accuracies")
         if self.model.training and accuracies:
             self.teacher_updates.last_reward_accuracy = accuracies[-1]
         if not self.loss_terms:
             return result
-        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics = step_metrics(self)
         extra = 0.0
         for term, weight in self.loss_terms:
             loss, stats = term.compute(self, model, inputs)
