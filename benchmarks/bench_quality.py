@@ -243,7 +243,9 @@ def backfill(result_file: Path, data: EvalData, tokenizer, checkpoint, load_mode
     if added:
         result["metrics"] |= metrics({group: {k: np.array(v) for k, v in values.items()}
                                       for group, values in rows.items()})
-        result["backfilled"] = {"rows": added, "commit": git_commit()}
+        earlier = result.get("backfilled", [])  # one record per backfill, oldest first
+        result["backfilled"] = [*(earlier if isinstance(earlier, list) else [earlier]), {"rows": added,
+                                                                                         "commit": git_commit()}]
         atomic_write_json(result_file, result)
         logger.info("%s: added %s", result_file.name, ", ".join(added))
 

@@ -134,12 +134,15 @@ def signed(value: float) -> str:
 
 def interval_kind(results: dict[str, list[dict]], scored: str) -> str:
     """How a table's intervals were drawn, in words for its title."""
-    seeds = min(len(runs) for method, runs in results.items() if method != UNTRAINED)
-    if seeds >= MIN_SEEDS:
-        return (f"95% two-level paired bootstrap: training seeds, then {scored} rows (seed by seed after the "
-                "interval)")
-    return (f"95% paired bootstrap over {scored} rows only: {seeds} seed(s), fewer than {MIN_SEEDS}, so training-seed "
-            "variance is not in the interval")
+    counts = {len(runs) for method, runs in results.items() if method != UNTRAINED}
+    two_level = f"95% two-level paired bootstrap: training seeds, then {scored} rows (seed by seed after the interval)"
+    if min(counts) >= MIN_SEEDS:
+        return two_level
+    if max(counts) >= MIN_SEEDS:
+        return (f"{two_level} for methods with {MIN_SEEDS} or more seeds; over {scored} rows only for methods with "
+                "fewer (the seeds column), whose training-seed variance is not in the interval")
+    return (f"95% paired bootstrap over {scored} rows only: {min(counts)} seed(s), fewer than {MIN_SEEDS}, so "
+            "training-seed variance is not in the interval")
 
 
 def paired_runs(runs: list[dict], against: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -63,8 +63,13 @@ SECTIONS = [
      "chosen pull the NF4 policy toward the checkpoint on the reverse task at 48 steps. Most of it is distillation; "
      "the crippled copy's pairs add a little whose interval over seeds and rows includes zero on validation rows, "
      "and on the sealed split too: there the copy earns no measurable place beside distilling the checkpoint's "
-     "answers, which alone lifts the untrained model. Both make the reference words' perplexity worse. On "
-     "definitions the same recipe hurts.",
+     "answers, which alone lifts the untrained model. Both make the reference words' perplexity worse, and both "
+     "move the policy's token distribution on the reference answers further from the checkpoint's, not closer: "
+     "what they recover is the checkpoint's answers, not its distribution. On definitions the same recipe hurts. "
+     "Token-level distillation from the checkpoint's logits on the same answers (`checkpoint_kd`) is the one arm "
+     "that closes part of that distance and improves the reference perplexity, but it leaves multiple choice "
+     "where the untrained model has it; QDPO (the policy's own sample as rejected) moves away. Those two ran one "
+     "seed at one budget on validation rows: a first reading, not a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band", "po_checkpoint_kd",
       "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
@@ -134,12 +139,40 @@ def table(found, task_dir: str, steps: int, methods, against: str) -> str | None
     return f"{head}\n\n`{command(task_dir, steps, present, seeds)}`\n{rest}"
 
 
+def kl_gap(found, task_dir: str, steps: int, methods) -> str | None:
+    """The share of the untrained NF4 model's token KL from the checkpoint (on the reference answers) that each
+    method closes (the checkpoint's own is 0), from the runs that scored it; None where the untrained run did not."""
+    untrained = found.get((task_dir, 0, UNTRAINED), [])
+    if not untrained or "checkpoint_kl" not in untrained[0]["rows"]:
+        return None
+    kl_rows = lambda run: {"checkpoint_kl": rows_of(run)["checkpoint_kl"]}  # noqa: E731
+    base = untrained[0]["metrics"]["checkpoint_kl/builtin"]
+    lines = []
+    for method in methods:
+        runs = [r for r in found.get((task_dir, steps, method), []) if "checkpoint_kl" in r["rows"]]
+        if not runs:
+            continue
+        d = seed_row_bootstrap([kl_rows(r) for r in runs], [kl_rows(untrained[0])],
+                               min_seeds=MIN_SEEDS)["checkpoint_kl/builtin"]
+        kind = "seeds and rows" if d.over_seeds else "rows only"
+        lines.append(f"| {METHODS[method]} | {len(runs)} | {d.a:.3f} | {-d.difference / base:.0%} "
+                     f"[{-d.high / base:.0%}, {-d.low / base:.0%}] ({kind}) |")
+    if not lines:
+        return None
+    task, split = split_of(task_dir)
+    return (f"Token KL from the unquantized checkpoint on the reference answers, {task}, {steps} steps, {split} "
+            f"split: the untrained NF4 model's {base:.3f} nats/token, and the share of it each method closes "
+            "(95% interval; the checkpoint itself closes 100%)\n\n"
+            "| method | seeds | token KL | share closed |\n|---|---|---|---|\n" + "\n".join(lines))
+
+
 def sections(found) -> list[str]:
     out = []
     for question, answer, methods, against in SECTIONS:
         groups = sorted({(d, s) for d, s, m in found if m in methods and s},
                         key=lambda g: (not g[0].endswith("-test"), g))  # the sealed split's tables first
-        tables = [t for task_dir, steps in groups if (t := table(found, task_dir, steps, methods, against))]
+        tables = [t for task_dir, steps in groups for t in (table(found, task_dir, steps, methods, against),
+                                                             kl_gap(found, task_dir, steps, methods)) if t]
         out.append(f"## {question}\n\n{answer}\n\n" + "\n\n".join(tables))
     return out
 
