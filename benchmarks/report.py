@@ -42,6 +42,7 @@ CHECKPOINT = "checkpoint"
 """The untrained unquantized checkpoint (the Q4_1 GGUF dequantized to fp32): what recovery aims at."""
 SPLITS = {"": "validation (the old held-out rows)", "-validation-500": "validation (training split's last 500 rows)",
           "-test": "sealed test"}
+RECOVERY = "Quantization recovery: the checkpoint's answers as chosen"
 SECTIONS = [
     ("With reference answers: does the crippled copy beat SFT?",
      "Use SFT. On definitions at 24 steps the default teacher was ahead of `trl.SFTTrainer` on the validation rows, "
@@ -58,7 +59,7 @@ SECTIONS = [
      "answers collapse onto a template.",
      ("po_distill", "po_self", "po_self_equal", "po_teacher", "po_delta", "po_teacher_sigmoid", "po_teacher_norm",
       "po_teacher_beta5"), "po_distill"),
-    ("Quantization recovery: the checkpoint's answers as chosen",
+    (RECOVERY,
      "The one regime where training on prompts alone helps: the unquantized checkpoint's best-of-4 answers as "
      "chosen pull the NF4 policy toward the checkpoint on the reverse task at 48 steps. Most of it is distillation; "
      "the crippled copy's pairs add a little whose interval over seeds and rows includes zero on validation rows, "
@@ -139,31 +140,46 @@ def table(found, task_dir: str, steps: int, methods, against: str) -> str | None
     return f"{head}\n\n`{command(task_dir, steps, present, seeds)}`\n{rest}"
 
 
-def kl_gap(found, task_dir: str, steps: int, methods) -> str | None:
-    """The share of the untrained NF4 model's token KL from the checkpoint (on the reference answers) that each
-    method closes (the checkpoint's own is 0), from the runs that scored it; None where the untrained run did not."""
+def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
+    """Each method's share of the gap between the untrained NF4 model and the unquantized checkpoint that it
+    closes: in token KL from the checkpoint on the reference answers (the checkpoint's own is 0), and in multiple
+    choice where the checkpoint was scored on the same split. None where neither can be computed."""
     untrained = found.get((task_dir, 0, UNTRAINED), [])
-    if not untrained or "checkpoint_kl" not in untrained[0]["rows"]:
+    checkpoint = found.get((task_dir, 0, CHECKPOINT), [])
+    if not untrained:
         return None
-    kl_rows = lambda run: {"checkpoint_kl": rows_of(run)["checkpoint_kl"]}  # noqa: E731
-    base = untrained[0]["metrics"]["checkpoint_kl/builtin"]
+    scores = {"checkpoint_kl/builtin": ("checkpoint_kl", 0.0)} if "checkpoint_kl" in untrained[0]["rows"] else {}
+    if checkpoint:
+        scores["choice_accuracy/builtin"] = ("choice", checkpoint[0]["metrics"]["choice_accuracy/builtin"])
     lines = []
     for method in methods:
-        runs = [r for r in found.get((task_dir, steps, method), []) if "checkpoint_kl" in r["rows"]]
-        if not runs:
-            continue
-        d = seed_row_bootstrap([kl_rows(r) for r in runs], [kl_rows(untrained[0])],
-                               min_seeds=MIN_SEEDS)["checkpoint_kl/builtin"]
-        kind = "seeds and rows" if d.over_seeds else "rows only"
-        lines.append(f"| {METHODS[method]} | {len(runs)} | {d.a:.3f} | {-d.difference / base:.0%} "
-                     f"[{-d.high / base:.0%}, {-d.low / base:.0%}] ({kind}) |")
-    if not lines:
+        cells, seeds = [], set()
+        for key, (group, target) in scores.items():
+            runs = [r for r in found.get((task_dir, steps, method), []) if group in r["rows"]]
+            if not runs:
+                cells.append("|")
+                continue
+            seeds.add(len(runs))
+            d = seed_row_bootstrap([{group: rows_of(r)[group]} for r in runs], [{group: rows_of(untrained[0])[group]}],
+                                   min_seeds=MIN_SEEDS)[key]
+            gap = target - d.b
+            kind = "seeds and rows" if d.over_seeds else "rows only"
+            low, high = sorted((d.low / gap, d.high / gap))
+            plural = "s" if len(runs) > 1 else ""
+            cells.append(f"{d.a:.3f} | {d.difference / gap:.0%} [{low:.0%}, {high:.0%}] "
+                         f"({kind}, {len(runs)} seed{plural})")
+        if seeds:
+            lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+    if not lines or not scores:
         return None
     task, split = split_of(task_dir)
-    return (f"Token KL from the unquantized checkpoint on the reference answers, {task}, {steps} steps, {split} "
-            f"split: the untrained NF4 model's {base:.3f} nats/token, and the share of it each method closes "
-            "(95% interval; the checkpoint itself closes 100%)\n\n"
-            "| method | seeds | token KL | share closed |\n|---|---|---|---|\n" + "\n".join(lines))
+    header = "".join(f" {metric_label(key)} | share of the gap closed |" for key in scores)
+    targets = "; ".join(f"{metric_label(key)}: untrained NF4 {untrained[0]['metrics'][key]:.3f}, checkpoint "
+                        f"{target:.3f}" for key, (_, target) in scores.items())
+    return (f"Recovery: the share of the untrained NF4 model's gap to the unquantized checkpoint each method closes, "
+            f"{task}, {steps} steps, {split} split ({targets}; token KL from the checkpoint on the reference answers; "
+            "95% interval, the checkpoint's own score taken as fixed)\n\n"
+            f"| method |{header}\n|---|" + "---|---|" * len(scores) + "\n" + "\n".join(lines))
 
 
 def sections(found) -> list[str]:
@@ -171,8 +187,9 @@ def sections(found) -> list[str]:
     for question, answer, methods, against in SECTIONS:
         groups = sorted({(d, s) for d, s, m in found if m in methods and s},
                         key=lambda g: (not g[0].endswith("-test"), g))  # the sealed split's tables first
-        tables = [t for task_dir, steps in groups for t in (table(found, task_dir, steps, methods, against),
-                                                             kl_gap(found, task_dir, steps, methods)) if t]
+        tables = [t for task_dir, steps in groups for t in (
+            table(found, task_dir, steps, methods, against),
+            gap_closed(found, task_dir, steps, methods) if question == RECOVERY else None) if t]
         out.append(f"## {question}\n\n{answer}\n\n" + "\n\n".join(tables))
     return out
 

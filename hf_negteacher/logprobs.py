@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,21 +23,31 @@ def answer_logprobs(model, tokenizer, prompts: Sequence[str], answers: Sequence[
                                batch_size=batch_size, progress=progress)
 
 
-def _completion_batches(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
-                        pad_token_id: int, batch_size: int, progress: bool, desc: str):
-    """Per batch: (the batch's input ids and attention mask, left-padded, every completion ending the sequence;
-    the longest completion's length; each completion's length, or None when every completion is empty)."""
+def _completion_sums(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+                     per_token: Callable[[dict, int], torch.Tensor], *, pad_token_id: int, batch_size: int,
+                     progress: bool, desc: str) -> list[tuple[float, int]]:
+    """Per row: (a per-token score summed over the completion's tokens, their number). Rows are left-padded
+    (positions from the attention mask), so every completion ends the sequence; `per_token(inputs, longest)`
+    scores the batch's last `longest` positions."""
     device = next(model.parameters()).device
+    results: list[tuple[float, int]] = []
     for start in tqdm(range(0, len(prompt_ids), batch_size), desc=desc, disable=not progress):
         rows = list(zip(prompt_ids[start:start + batch_size], completion_ids[start:start + batch_size], strict=True))
+        longest = max(len(a) for _, a in rows)
+        if longest == 0:
+            results.extend((0.0, 0) for _ in rows)
+            continue
         input_ids = pad([torch.tensor([*p, *a], dtype=torch.long) for p, a in rows], pad_token_id,
                         padding_side="left").to(device)
         attention = pad([torch.ones(len(p) + len(a), dtype=torch.long) for p, a in rows], 0,
                         padding_side="left").to(device)
-        longest = max(len(a) for _, a in rows)
-        lengths = torch.tensor([len(a) for _, a in rows], device=device) if longest else None
-        yield {"input_ids": input_ids, "attention_mask": attention,
-               "position_ids": (attention.cumsum(-1) - 1).clamp(min=0)}, longest, lengths, len(rows)
+        inputs = {"input_ids": input_ids, "attention_mask": attention,
+                  "position_ids": (attention.cumsum(-1) - 1).clamp(min=0)}
+        lengths = torch.tensor([len(a) for _, a in rows], device=device)
+        mask = torch.arange(longest, device=device)[None] >= longest - lengths[:, None]
+        sums = (per_token(inputs, longest) * mask).sum(-1)
+        results.extend((float(s), int(n)) for s, n in zip(sums.tolist(), lengths.tolist(), strict=True))
+    return results
 
 
 def _completion_logits(model, inputs: dict, longest: int) -> torch.Tensor:
@@ -46,30 +56,15 @@ def _completion_logits(model, inputs: dict, longest: int) -> torch.Tensor:
     return model(**inputs, logits_to_keep=longest + 1).logits[:, -longest - 1:-1].float()
 
 
-def _completion_mask(longest: int, lengths: torch.Tensor) -> torch.Tensor:
-    return torch.arange(longest, device=lengths.device)[None] >= longest - lengths[:, None]
-
-
 @torch.no_grad()
 def completion_logprobs(model, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]], *,
                         pad_token_id: int, batch_size: int = 16, progress: bool = False) -> list[tuple[float, int]]:
-    """Per row: (sum of the completion tokens' log-probabilities given the prompt, their number).
+    """Per row: (sum of the completion tokens' log-probabilities given the prompt, their number)."""
+    def logprobs(inputs: dict, longest: int) -> torch.Tensor:
+        return selective_log_softmax(_completion_logits(model, inputs, longest), inputs["input_ids"][:, -longest:])
 
-    Rows are left-padded (positions from the attention mask), so every completion ends the sequence and only
-    the logits of the last `longest completion + 1` positions are computed.
-    """
-    results: list[tuple[float, int]] = []
-    for inputs, longest, lengths, count in _completion_batches(model, prompt_ids, completion_ids,
-                                                               pad_token_id=pad_token_id, batch_size=batch_size,
-                                                               progress=progress, desc="scoring answers"):
-        if lengths is None:
-            results.extend((0.0, 0) for _ in range(count))
-            continue
-        token_logprobs = selective_log_softmax(_completion_logits(model, inputs, longest),
-                                               inputs["input_ids"][:, -longest:])
-        sums = (token_logprobs * _completion_mask(longest, lengths)).sum(-1)
-        results.extend((float(s), int(n)) for s, n in zip(sums.tolist(), lengths.tolist(), strict=True))
-    return results
+    return _completion_sums(model, prompt_ids, completion_ids, logprobs, pad_token_id=pad_token_id,
+                            batch_size=batch_size, progress=progress, desc="scoring answers")
 
 
 @torch.no_grad()
@@ -77,19 +72,13 @@ def completion_kl(model, reference, prompt_ids: Sequence[Sequence[int]], complet
                   pad_token_id: int, batch_size: int = 16, progress: bool = False) -> list[tuple[float, int]]:
     """Per row: (sum over the completion's positions of KL(reference || model), the next-token distributions
     given the prompt and the earlier completion tokens, over the full vocabulary; the completion's length)."""
-    results: list[tuple[float, int]] = []
-    for inputs, longest, lengths, count in _completion_batches(model, prompt_ids, completion_ids,
-                                                               pad_token_id=pad_token_id, batch_size=batch_size,
-                                                               progress=progress, desc="token KL"):
-        if lengths is None:
-            results.extend((0.0, 0) for _ in range(count))
-            continue
+    def kl(inputs: dict, longest: int) -> torch.Tensor:
         theirs = _completion_logits(reference, inputs, longest).log_softmax(-1)
         ours = _completion_logits(model, inputs, longest).log_softmax(-1)
-        kl = torch.nn.functional.kl_div(ours, theirs, log_target=True, reduction="none").sum(-1)
-        sums = (kl * _completion_mask(longest, lengths)).sum(-1)
-        results.extend((float(s), int(n)) for s, n in zip(sums.tolist(), lengths.tolist(), strict=True))
-    return results
+        return torch.nn.functional.kl_div(ours, theirs, log_target=True, reduction="none").sum(-1)
+
+    return _completion_sums(model, prompt_ids, completion_ids, kl, pad_token_id=pad_token_id,
+                            batch_size=batch_size, progress=progress, desc="token KL")
 
 
 @torch.no_grad()

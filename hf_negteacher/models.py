@@ -115,18 +115,21 @@ class ModelSourceError(ValueError):
     """A model source cannot be resolved; the message says what was tried."""
 
 
-def decoder_block_count(source: str) -> int:
-    """The model's number of decoder blocks, from its config alone (no weights are read)."""
+def _text_config(source: str):
+    """The model's (text) config alone: no weights are read."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(resolve_source(source)).get_text_config().num_hidden_layers
+    return AutoConfig.from_pretrained(resolve_source(source)).get_text_config()
+
+
+def decoder_block_count(source: str) -> int:
+    """The model's number of decoder blocks, from its config alone."""
+    return _text_config(source).num_hidden_layers
 
 
 def vocabulary_size(source: str) -> int:
     """The size of the model's output vocabulary, from its config alone."""
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(resolve_source(source)).get_text_config().vocab_size
+    return _text_config(source).vocab_size
 
 
 def cache_dir() -> Path:
