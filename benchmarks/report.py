@@ -153,13 +153,13 @@ def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
         scores["choice_accuracy/builtin"] = ("choice", checkpoint[0]["metrics"]["choice_accuracy/builtin"])
     lines = []
     for method in methods:
-        cells, seeds = [], set()
+        cells, scored = [], False
         for key, (group, target) in scores.items():
             runs = [r for r in found.get((task_dir, steps, method), []) if group in r["rows"]]
             if not runs:
                 cells.append("|")
                 continue
-            seeds.add(len(runs))
+            scored = True
             d = seed_row_bootstrap([{group: rows_of(r)[group]} for r in runs], [{group: rows_of(untrained[0])[group]}],
                                    min_seeds=MIN_SEEDS)[key]
             gap = target - d.b
@@ -168,7 +168,7 @@ def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
             plural = "s" if len(runs) > 1 else ""
             cells.append(f"{d.a:.3f} | {d.difference / gap:.0%} [{low:.0%}, {high:.0%}] "
                          f"({kind}, {len(runs)} seed{plural})")
-        if seeds:
+        if scored:
             lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
     if not lines or not scores:
         return None

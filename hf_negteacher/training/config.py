@@ -12,6 +12,7 @@ from ..generation import GenerationSettings
 from ..teacher.layer import dequantize_once_by_default
 from ..teacher.spec import TeacherConfig, TeacherConfigError
 from .chosen_sources import CHOSEN_SOURCES
+from .distillation import CHECKPOINT_KD
 from .filters import NegativeFilter
 from .losses import check_loss_types
 from .negative_sources import SOURCES
@@ -248,8 +249,7 @@ class NegativeTeacherConfig(DPOConfig):
 
     def reads_checkpoint(self) -> bool:
         """Whether training loads the unquantized checkpoint (`chosen_checkpoint`): for its answers or its logits."""
-        loss_types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        return self.chosen_source == "checkpoint" or "checkpoint_kd" in loss_types
+        return self.chosen_source == "checkpoint" or CHECKPOINT_KD in self.loss_type  # a list once DPOConfig is set
 
     def negative_filter(self) -> NegativeFilter:
         return NegativeFilter(self.filter_empty, self.filter_equal_to_reference, self.filter_duplicates)
