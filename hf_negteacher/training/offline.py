@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from ..atomic_write import atomic_write_json, atomic_write_text
@@ -79,9 +80,11 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     the same fingerprint (rows, settings, and the model, its quantization, tokenizer and chat template:
     `models.model_identity`) is reused as is.
 
-    Under several processes (`accelerate launch`) every process must call this: each writes the rows
-    `process_index::num_processes` to its own part, resumable like the whole file, and the main process
-    merges the parts in row order. Samples are deterministic for a seed and a number of processes.
+    Under several processes (`accelerate launch`) every process must call this: each takes its share of the
+    batches (`PartialState.split_between_processes`) and writes them to its own part, resumable like the whole
+    file, and the main process merges the parts in row order (the output folder must be shared, as the trainer
+    reads the file on every process). Each batch is sampled under `seed + its first row`, so the file is the one
+    process would write, whatever the number of processes.
     """
     path = Path(path)
     negative_filter = negative_filter or NegativeFilter()
@@ -103,9 +106,13 @@ def generate_preference_dataset(teacher, tokenizer, rows: Sequence[dict], pairs:
     if state.num_processes == 1:
         return job.write(path, fingerprint, range(len(rows)))
     world, rank = state.num_processes, state.process_index
-    parts = [path.with_name(f"{path.name}.part{r}of{world}") for r in range(world)]
-    job.write(parts[rank], f"{fingerprint}-{rank}of{world}", range(rank, len(rows), world))
-    state.wait_for_everyone()
+    batches = [range(start, min(start + settings.batch_size, len(rows)))
+               for start in range(0, len(rows), settings.batch_size)]
+    with state.split_between_processes(batches) as own_batches:  # whole batches: samples as one process draws them
+        indices = [index for batch in own_batches for index in batch]
+    part = path.with_name(f"{path.name}.part{rank}of{world}")
+    part_meta = job.write(part, f"{fingerprint}-batches{rank}of{world}", indices)
+    parts = gather_object([(part, part_meta)])
     if state.is_main_process:
         _merge(parts, path, {"fingerprint": fingerprint, "teacher": teacher_spec, "generation": generation,
                              "num_negatives": num_negatives, "source_rows": len(rows), "processes": world,
@@ -166,7 +173,7 @@ class _Job:
             starts = range(state["rows_done"], len(indices), self.settings.batch_size)
             for start in tqdm(starts, desc="teacher negatives", disable=not self.progress):
                 batch = indices[start:start + self.settings.batch_size]
-                batch_settings = dataclasses.replace(self.settings, seed=self.settings.seed + start)
+                batch_settings = dataclasses.replace(self.settings, seed=self.settings.seed + batch[0])
                 negatives = generate_answers(self.teacher, self.tokenizer, [self.pairs[i].prompt for i in batch],
                                              batch_settings, num_return_sequences=self.num_negatives,
                                              synced_gpus=False)  # each process's own rows, its own teacher
@@ -230,12 +237,13 @@ def _adapter_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
-    """The parts' lines in row order into `path` (atomically), their counts summed; the parts are removed."""
-    metas = [json.loads(_meta_path(part).read_text()) for part in parts]
-    readers = [(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines()) for part in parts]
+def _merge(parts: Sequence[tuple[Path, dict]], path: Path, meta: dict) -> None:
+    """The parts' lines (each part a file and its metadata) in row order into `path` (atomically), their counts
+    summed; the parts are removed."""
+    readers = [(json.loads(line) for line in part.read_text(encoding="utf-8").splitlines()) for part, _ in parts]
     lines = heapq.merge(*readers, key=lambda line: line["negteacher"]["row"])
     atomic_write_text(path, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    metas = [part_meta for _, part_meta in parts]
     counts = Counter()
     for part_meta in metas:
         counts.update(part_meta["counts"])
@@ -246,7 +254,7 @@ def _merge(parts: Sequence[Path], path: Path, meta: dict) -> None:
                                          "counts": dict(counts),
                                          "filtered_fraction": filtered / counts["generated"] if counts["generated"]
                                          else 0.0})
-    for part in parts:
+    for part, _ in parts:
         part.unlink()
         _meta_path(part).unlink()
 
