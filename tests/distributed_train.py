@@ -2,7 +2,8 @@
 
 Trains a tiny Llama (saved by the test) with online negatives and writes, per process, the prompts
 it generated negatives for, so the test can check that the two processes saw different shards.
-Optional third argument: the loss types, comma-separated (default: the config's), or one of
+Optional third argument: the loss types, comma-separated (default: the config's; with `teacher_unlikelihood`,
+re-entrant gradient checkpointing), or one of
 - `uneven-filter`: two negatives per prompt, and on process 1 a filter that drops every candidate, so the
   filters keep different numbers of negatives on the two processes; each process records its pairs per batch;
 - `offline`: offline negatives for 33 rows in batches of 16 (uneven shards: two batches and one);
@@ -30,6 +31,8 @@ model_dir, output_dir = Path(sys.argv[1]), Path(sys.argv[2])
 option = sys.argv[3] if len(sys.argv) > 3 else ""
 uneven, offline, strength = option == "uneven-filter", option.startswith("offline"), option.startswith("strength")
 loss = {"loss_type": option.split(",")} if option and not (uneven or offline or strength) else {}
+if "teacher_unlikelihood" in option:  # the setting TRL forces for PEFT under ZeRO-3: one graph, one reduce
+    loss.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True})
 if uneven:
     loss["num_negatives"] = 2
 if offline:

@@ -49,16 +49,20 @@ def test_the_checkpoint_as_its_own_student_gives_zero_and_a_moved_adapter_the_kl
                                      peft_config=lora())
     inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     term = LOSS_TERMS["checkpoint_kd"]
+    half = inputs["input_ids"].shape[0] // 2
+    ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
+    positions = inputs["completion_mask"][:half, 1:].bool()
+
+    def student_logits():
+        return trainer.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+
     with torch.no_grad():
-        assert term.compute(trainer, trainer.model, inputs)[0].item() == pytest.approx(0.0, abs=1e-6)
+        assert term.compute(trainer, inputs, student_logits)[0].item() == pytest.approx(0.0, abs=1e-6)
         for name, parameter in trainer.model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
-        moved = term.compute(trainer, trainer.model, inputs)[0].item()
-        half = inputs["input_ids"].shape[0] // 2
-        ids, mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
-        positions = inputs["completion_mask"][:half, 1:].bool()
-        student = trainer.model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions].log_softmax(-1)
+        moved = term.compute(trainer, inputs, student_logits)[0].item()
+        student = student_logits()[positions].log_softmax(-1)
         teacher = tiny_chat_model(input_ids=ids, attention_mask=mask).logits[:, :-1][positions].log_softmax(-1)
         by_hand = (teacher.exp() * (teacher - student)).sum(-1).mean().item()
     assert moved > 0.01 and moved == pytest.approx(by_hand, rel=1e-4)

@@ -56,7 +56,8 @@ def test_two_cpu_processes_train_on_different_shards_and_save_one_adapter(tiny_c
 
 
 def test_token_level_loss_trains_under_ddp_with_synchronised_adapters(tiny_chat_model, smol_tokenizer, tmp_path):
-    # teacher_unlikelihood runs a second policy forward before the backward; DDP must still sync the gradients.
+    # teacher_unlikelihood reads the policy's logits from TRL's forward, under re-entrant checkpointing (TRL's setting
+    # for PEFT under ZeRO-3), which DDP accepts only without its unused-parameter search (the config's default).
     shards = launch_two_processes(tiny_chat_model, smol_tokenizer, tmp_path, "sigmoid,sft,teacher_unlikelihood")
     assert shards[0]["adapter_sum"] == pytest.approx(shards[1]["adapter_sum"], rel=1e-6)
     assert shards[0]["adapter_sum"] != pytest.approx(shards[0]["adapter_sum_before"], rel=1e-6)  # it trained

@@ -107,7 +107,7 @@ def test_a_registered_loss_term_is_added_with_its_weight_without_touching_traine
         tiny_chat_model, smol_tokenizer, tmp_path):
     from hf_negteacher.training.losses import LossTerm, register_loss
 
-    def constant(trainer, model, inputs):
+    def constant(trainer, inputs, chosen_logits):
         return torch.tensor(1.5), {"seen": torch.tensor(1.0)}
 
     register_loss(LossTerm("test_constant", constant, reads_rejected=False, pulls_reference_up=False))
@@ -126,3 +126,38 @@ def test_a_registered_loss_term_is_added_with_its_weight_without_touching_traine
         assert both._metrics["train"]["test_constant/seen"] == [1.0] and not both.online.uses_negatives
     finally:
         LOSS_TERMS.pop("test_constant")
+
+
+def test_the_terms_read_the_policy_logits_from_trls_forward_instead_of_running_a_second_one(
+        tiny_chat_model, smol_tokenizer, tiny_base_dir, tmp_path):
+    # Before, each term ran its own policy forward: three backbone forwards with gradient per step here, and with
+    # re-entrant checkpointing under DDP a second graph over the same parameters.
+    args = config(tmp_path, loss_type=["sigmoid", "sft", "teacher_unlikelihood", "checkpoint_kd"],
+                  loss_weights=[1.0, 1.0, 1.0, 1.0], chosen_checkpoint=str(tiny_base_dir))
+    trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    with torch.no_grad():
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)  # a policy away from its reference and the checkpoint
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    backbone = trainer.model.get_base_model().model
+    with_gradient = []
+    hook = backbone.register_forward_hook(lambda *_: with_gradient.append(torch.is_grad_enabled()))
+    try:
+        loss = trainer.compute_loss(trainer.model, inputs)
+    finally:
+        hook.remove()
+    assert with_gradient == [True, False]  # the policy's forward (TRL's) and the reference's, nothing else
+    # The same terms on logits from a separate full forward of the policy: the values the old code computed.
+    half = inputs["input_ids"].shape[0] // 2
+    with torch.no_grad():
+        logits = trainer.model(input_ids=inputs["input_ids"][:half],
+                               attention_mask=inputs["attention_mask"][:half]).logits[:, :-1]
+    metrics = trainer._metrics["train"]
+    for name in ("teacher_unlikelihood", "checkpoint_kd"):
+        expected = LOSS_TERMS[name].compute(trainer, inputs, lambda: logits)[0].item()
+        assert metrics[f"{name}/loss"][-1] == pytest.approx(expected, rel=1e-4) and expected > 0
+    loss.backward()  # one graph: the terms' gradients reach the adapter through TRL's forward
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.model.named_parameters()
+               if "lora_A" in n and "layers.0." in n)

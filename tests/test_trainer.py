@@ -267,6 +267,14 @@ def test_bad_config_is_rejected(tmp_path, overrides, message):
         config(tmp_path, **overrides)
 
 
+def test_checkpointing_asks_ddp_for_no_unused_parameter_search_unless_told(tmp_path):
+    # transformers decides this for a PreTrainedModel only; a PEFT policy got True, which re-entrant
+    # checkpointing under DDP rejects (test_distributed runs that setting).
+    assert config(tmp_path, gradient_checkpointing=True).ddp_find_unused_parameters is False
+    assert config(tmp_path, gradient_checkpointing=False).ddp_find_unused_parameters is None
+    assert config(tmp_path, gradient_checkpointing=True, ddp_find_unused_parameters=True).ddp_find_unused_parameters
+
+
 def test_the_teacher_is_one_spec_and_the_old_fields_still_work_with_a_warning(tmp_path):
     assert NegativeTeacherConfig(output_dir=str(tmp_path), use_cpu=True).teacher == "int3,blocks=0-14"
     spec = config(tmp_path, teacher="ternary,strength=0.25,blocks=0-2")

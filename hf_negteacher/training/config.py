@@ -146,6 +146,10 @@ class NegativeTeacherConfig(DPOConfig):
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if self.teacher_dequantize_once is None:
             self.teacher_dequantize_once = dequantize_once_by_default()
+        if self.ddp_find_unused_parameters is None and self.gradient_checkpointing:
+            # What `Trainer` decides for a PreTrainedModel; a PEFT policy is not one and would get True, which
+            # re-entrant checkpointing under DDP rejects ("marked ready twice"). Every adapter weight is used.
+            self.ddp_find_unused_parameters = False
         super().__post_init__()
         if self.negative_source not in SOURCES:
             raise ConfigError(f"negative_source={self.negative_source!r}; allowed: {', '.join(SOURCES)}")

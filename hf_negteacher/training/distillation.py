@@ -40,15 +40,15 @@ def checkpoint_model(trainer):
     return source.answer_model(trainer.accelerator.unwrap_model(trainer.model), trainer.args)
 
 
-def checkpoint_kd_term(trainer, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`checkpoint_kd` on the chosen half of TRL's batch: one more policy forward, one checkpoint forward."""
+def checkpoint_kd_term(trainer, inputs, chosen_logits) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`checkpoint_kd` on the chosen half of TRL's batch: the policy's logits from TRL's forward, one checkpoint
+    forward."""
     half = inputs["input_ids"].shape[0] // 2
     input_ids, attention_mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
     labels = input_ids[:, 1:].masked_fill(~inputs["completion_mask"][:half, 1:].bool(), -100)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
     checkpoint = checkpoint_model(trainer)
     with torch.no_grad(), eval_mode(checkpoint):
         target = checkpoint(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    loss = checkpoint_divergence(logits, target, labels, beta=trainer.args.checkpoint_kd_beta,
+    loss = checkpoint_divergence(chosen_logits(), target, labels, beta=trainer.args.checkpoint_kd_beta,
                                  temperature=trainer.args.checkpoint_kd_temperature)
     return loss, {"loss": loss.detach()}

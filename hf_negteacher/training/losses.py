@@ -19,8 +19,10 @@ from .token_loss import TEACHER_UNLIKELIHOOD, teacher_unlikelihood
 
 @dataclass(frozen=True)
 class LossTerm:
-    """A loss term: `compute(trainer, model, inputs) -> (loss, statistics to log under name/...)`, on TRL's
-    concatenated batch ([chosen; rejected] halves, with `completion_mask`)."""
+    """A loss term: `compute(trainer, inputs, chosen_logits) -> (loss, statistics to log under name/...)`, on TRL's
+    concatenated batch ([chosen; rejected] halves, with `completion_mask`). `chosen_logits` is a callable giving the
+    policy's `(batch / 2, length - 1, vocab)` next-token logits on the chosen half, from TRL's own forward
+    (`policy_logits.ChosenLogits`), computed once when a term first calls it."""
 
     name: str
     compute: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -59,15 +61,15 @@ def reads_rejected(loss_types: Sequence[str]) -> bool:
     return any(LOSS_TERMS[t].reads_rejected if t in LOSS_TERMS else t != "sft" for t in loss_types)
 
 
-def _teacher_unlikelihood_term(trainer, model, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`teacher_unlikelihood` on the chosen half of the batch: one more policy forward, one teacher forward."""
+def _teacher_unlikelihood_term(trainer, inputs, chosen_logits) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`teacher_unlikelihood` on the chosen half of the batch: the policy's logits from TRL's forward, one teacher
+    forward."""
     half = inputs["input_ids"].shape[0] // 2
     input_ids, attention_mask = inputs["input_ids"][:half], inputs["attention_mask"][:half]
     positions = inputs["completion_mask"][:half, 1:].bool()
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     with torch.no_grad(), eval_mode(trainer.teacher):
         teacher_logits = trainer.teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    loss, stats = teacher_unlikelihood(logits[:, :-1][positions], teacher_logits[:, :-1][positions],
+    loss, stats = teacher_unlikelihood(chosen_logits()[positions], teacher_logits[:, :-1][positions],
                                        input_ids[:, 1:][positions], trainer.args.teacher_token_top_k)
     return loss, {"loss": loss.detach(), **stats}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ from .negative_sources import NegativeSource, setup_sources
 from .negative_sources import negative_source as negative_source_named
 from .offline import OfflineChosen, generate_preference_dataset, offline_chosen
 from .online import KeepExamples, OnlinePairs, online_rows
+from .policy_logits import ChosenLogits, policy_causal_lm
 from .progress import use_numeric_log_lines
 from .teacher_updates import TeacherUpdates
 from .trl_private import keep_trl_loss_types, step_metrics, trainer_tokenizer
@@ -142,6 +145,7 @@ class NegativeTeacherTrainer(DPOTrainer):
                               "negatives_mode=offline (online, processes would hold different numbers of pairs)")
         # TRL's loss loop sees its own loss types; the registered terms (losses.py) are added in `compute_loss`.
         self.loss_terms = keep_trl_loss_types(self)
+        self.chosen_logits = ChosenLogits(policy_causal_lm(self.model)) if self.loss_terms else None
         if not (args.bf16 or args.fp16):
             # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
             # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
@@ -291,16 +295,18 @@ class NegativeTeacherTrainer(DPOTrainer):
     # Loss terms beside TRL's (losses.py) ---------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with self.chosen_logits.watching() if self.chosen_logits else contextlib.nullcontext():
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         accuracies = step_metrics(self).get("rewards/accuracies")
         if self.model.training and accuracies:
             self.teacher_updates.last_reward_accuracy = accuracies[-1]
         if not self.loss_terms:
             return result
         metrics = step_metrics(self)
+        chosen_logits = functools.cache(self.chosen_logits.of_chosen_half)  # once, whichever terms read it
         extra = 0.0
         for term, weight in self.loss_terms:
-            loss, stats = term.compute(self, model, inputs)
+            loss, stats = term.compute(self, inputs, chosen_logits)
             for name, value in stats.items():  # averaged over processes, as TRL's own metrics are gathered
                 metrics[f"{term.name}/{name}"].append(self.accelerator.reduce(value.detach(), reduction="mean").item())
             extra = extra + weight * loss
