@@ -15,6 +15,7 @@ from hf_negteacher.generation import GenerationSettings, generate_answers, gener
 from hf_negteacher.training.filters import NegativeFilter
 from hf_negteacher.training.negative_sources import example_key
 from hf_negteacher.training.offline import generate_preference_dataset
+from hf_negteacher.training.source_context import SourceContext
 
 ROWS = load_rows("bundled:train")[:8]
 
@@ -128,7 +129,7 @@ class EchoSource:
 
     name = "echo"
 
-    def candidates(self, trainer, request):
+    def candidates(self, context, request):
         return [[list(reference)] * request.n for reference in request.references]
 
 
@@ -332,7 +333,7 @@ class FixedSource:
 
     name = "fixed"
 
-    def candidates(self, trainer, request):
+    def candidates(self, context, request):
         return [[[11, 12], [13]] for _ in request.prompts]
 
 
@@ -372,6 +373,38 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
         assert answers[0] == expected
 
 
+class ScoredFixedSource(FixedSource):
+    """FixedSource that names a model for `teacher/reference_ppl`: the seam, not `isinstance(TeacherSource)`."""
+
+    def scored_model(self, context):
+        return context.teacher
+
+
+def test_sources_see_a_narrow_context_and_the_policy_generates_with_checkpointing_off(tiny_chat_model,
+                                                                                     smol_tokenizer, tmp_path):
+    args = config(tmp_path, max_steps=1, negative_source="self", gradient_checkpointing=True,
+                  gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                     peft_config=lora())
+    contexts, checkpointing = [], []
+    candidates = trainer.negative_source.candidates
+    trainer.negative_source.candidates = lambda context, r: contexts.append(context) or candidates(context, r)
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    generate = policy.generate
+    policy.generate = lambda *a, **k: checkpointing.append(policy.is_gradient_checkpointing) or generate(*a, **k)
+    trainer.train()
+    assert contexts and all(type(c) is SourceContext for c in contexts) and not hasattr(contexts[0], "model")
+    assert checkpointing and not any(checkpointing)  # TRL's unwrap_model_for_generation turned it off ...
+    assert policy.is_gradient_checkpointing  # ... and back on after
+    logs = {}
+    for name, source in (("fixed", FixedSource()), ("scored", ScoredFixedSource())):
+        run = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / name, max_steps=1), ROWS,
+                                     processing_class=smol_tokenizer, peft_config=lora(), negative_source=source)
+        run.train()
+        logs[name] = run.state.log_history[0]
+    assert "teacher/reference_ppl" not in logs["fixed"] and logs["scored"]["teacher/reference_ppl"] > 1
+
+
 def test_dataset_source_trains_on_the_rows_own_rejected_answers(tiny_chat_model, smol_tokenizer, tmp_path):
     wrong = [[{"role": "assistant", "content": f"I do not know {i}."}] for i in range(4)]
     rows = [{"prompt": r["messages"][:1], "chosen": r["messages"][1:], "rejected": wrong[i]}
@@ -400,7 +433,7 @@ class FixedChosen:
 
     name = "fixed"
 
-    def answers(self, trainer, request):
+    def answers(self, context, request):
         return [[11, 12] for _ in request.prompts]
 
 

@@ -21,15 +21,17 @@ from ..generation import GenerationSettings, generate_negative_ids, stop_token_i
 from ..logprobs import completion_logprobs
 from ..models import eval_mode
 from .negative_sources import SourceError, SourceRequest
+from .source_context import SourceContext
 
 
 @runtime_checkable
 class ChosenSource(Protocol):
-    """Writes the chosen answer of each example; `trainer` gives access to the policy, teacher and tokenizer."""
+    """Writes the chosen answer of each example; `context` gives the policy, the teacher, the tokenizer and the
+    config."""
 
     name: str
 
-    def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
+    def answers(self, context: SourceContext, request: SourceRequest) -> list[list[int]]:
         """Per example, one chosen answer as token ids (no end-of-turn suffix); `request.n` is 1."""
         ...
 
@@ -45,7 +47,7 @@ class ReferenceSource:
     name = "reference"
     reads_reference = True
 
-    def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
+    def answers(self, context: SourceContext, request: SourceRequest) -> list[list[int]]:
         return [list(reference) for reference in request.references]
 
 
@@ -62,11 +64,15 @@ class PolicySource:
         """The model that writes the chosen answers, given the (unwrapped) policy and the config."""
         return policy
 
-    def answers(self, trainer, request: SourceRequest) -> list[list[int]]:
-        model = self.answer_model(trainer.accelerator.unwrap_model(trainer.model), trainer.args)
-        picked = model_answers(model, trainer.processing_class, request.prompts, request.settings,
-                               seed=request.seed, num_samples=trainer.args.chosen_num_samples)
-        trainer.count_chosen([ids for ids, _ in picked], [complete for _, complete in picked])
+    def answers(self, context: SourceContext, request: SourceRequest) -> list[list[int]]:
+        with context.policy_for_generation() as policy:
+            return self.answers_of(policy, context, request)
+
+    def answers_of(self, model, context: SourceContext, request: SourceRequest) -> list[list[int]]:
+        """`model`'s chosen answers to `request`, counted in the batch's `chosen/` statistics."""
+        picked = model_answers(model, context.tokenizer, request.prompts, request.settings,
+                               seed=request.seed, num_samples=context.args.chosen_num_samples)
+        context.count_chosen([ids for ids, _ in picked], [complete for _, complete in picked])
         return [ids for ids, _ in picked]
 
 
@@ -80,6 +86,9 @@ class CheckpointSource(PolicySource):
 
     def __init__(self) -> None:
         self._model = None
+
+    def answers(self, context: SourceContext, request: SourceRequest) -> list[list[int]]:
+        return self.answers_of(self.answer_model(context.policy, context.args), context, request)
 
     def answer_model(self, policy, args):
         if self._model is None:

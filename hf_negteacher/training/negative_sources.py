@@ -5,7 +5,9 @@ them, asks again for the prompts still short (bounded tries) and fills what is l
 ends with exactly `num_negatives` pairs on every process. Pick a shipped source by name with the
 config's `negative_source`, or pass your own object as `NegativeTeacherTrainer(..., negative_source=...)`.
 A source may also have `setup(rows)`, called once with the raw dataset rows before any model is
-touched: it checks them (raising `SourceError`) and keeps what it needs from them.
+touched: it checks them (raising `SourceError`) and keeps what it needs from them; and `scored_model(context)`,
+the model whose log-probability of the references the trainer logs as `teacher/reference_ppl` (the teacher's
+source has it). Sources see the trainer through a `SourceContext` only.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from ..data.rows import preference_row
 from ..generation import GenerationSettings, generate_negative_ids, stop_token_ids
 from ..models import eval_mode
 from ..teacher.layer import materialized
-from .trl_private import tokenize_preference_rows
+from .source_context import SourceContext
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,11 @@ class SourceError(ValueError):
 
 @runtime_checkable
 class NegativeSource(Protocol):
-    """Writes candidate rejected answers; `trainer` gives access to the policy, the teacher and the tokenizer."""
+    """Writes candidate rejected answers; `context` gives the policy, the teacher, the tokenizer and the config."""
 
     name: str
 
-    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
+    def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
         """Per example, `request.n` candidate rejected answers as token ids (no end-of-turn suffix)."""
         ...
 
@@ -61,9 +63,12 @@ class TeacherSource:
 
     name = "teacher"
 
-    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
-        with materialized(trainer.teacher, trainer.args.teacher_dequantize_once):
-            return sample(trainer, trainer.teacher, request)
+    def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
+        with materialized(context.teacher, context.args.teacher_dequantize_once):
+            return sample(context.tokenizer, context.teacher, request)
+
+    def scored_model(self, context: SourceContext) -> nn.Module:
+        return context.teacher
 
 
 class SelfSource:
@@ -73,8 +78,9 @@ class SelfSource:
     runs_policy = True
     """It generates with the policy outside the forward pass, which sharded processes cannot (FSDP / ZeRO-3)."""
 
-    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
-        return sample(trainer, trainer.accelerator.unwrap_model(trainer.model), request)
+    def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
+        with context.policy_for_generation() as policy:
+            return sample(context.tokenizer, policy, request)
 
 
 class InBatchSource:
@@ -82,7 +88,7 @@ class InBatchSource:
 
     name = "in_batch"
 
-    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
+    def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
         count = len(request.references)
         return [[list(request.references[(i + shift) % count]) for shift in range(1, request.n + 1)]
                 for i in range(count)]
@@ -106,10 +112,10 @@ class DatasetSource:
                               "one (prompt + chosen + rejected)")
         self._rows, self._answers = [preference_row(row) for row in rows], None
 
-    def candidates(self, trainer, request: SourceRequest) -> list[list[list[int]]]:
+    def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
         if self._answers is None:  # tokenized by TRL's own DPO preprocessing, as the training rows are
             self._answers = {}
-            tokenized = tokenize_preference_rows(trainer, Dataset.from_list(self._rows), "dataset rejected")
+            tokenized = context.tokenize_preference_rows(Dataset.from_list(self._rows), "dataset rejected")
             for example in tokenized:
                 self._answers.setdefault(example_key(example), []).append(example["rejected_ids"])
         out = []
@@ -135,9 +141,8 @@ def negative_source(name: str) -> NegativeSource:
 
 
 @torch.no_grad()
-def sample(trainer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
+def sample(tokenizer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
     """`request.n` answers per prompt from `model` (in eval mode), with the request's settings and seed."""
-    tokenizer = trainer.processing_class
     with eval_mode(model):
         return generate_negative_ids(model, request.prompts, request.settings, seed=request.seed,
                                      pad_token_id=tokenizer.pad_token_id,

@@ -14,7 +14,8 @@ from ..logprobs import completion_logprobs
 from ..models import eval_mode
 from .band import in_band, pair_margins
 from .losses import reads_rejected
-from .negative_sources import SourceRequest, TeacherSource, cut_suffix, example_key
+from .negative_sources import SourceRequest, cut_suffix, example_key
+from .source_context import SourceContext
 from .trl_private import step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class OnlinePairs:
 
     def __init__(self, trainer) -> None:
         self.trainer = trainer
+        self.context = SourceContext(trainer)  # what the sources see of the trainer
         self.cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
         """example key -> (step generated, the chosen answer, exactly num_negatives negatives)"""
         self.stats: Counter[str] = Counter()  # this batch's statistics, reduced over processes when logged
@@ -161,7 +163,7 @@ class OnlinePairs:
         step = trainer.state.global_step
         prompts = [e["prompt_ids"] for e in examples]
         references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
-        chosen = trainer.chosen_source.answers(trainer, SourceRequest(
+        chosen = trainer.chosen_source.answers(self.context, SourceRequest(
             prompts=prompts, references=references, n=1, seed=self.seed(-1),
             settings=args.chosen_generation_settings(), examples=examples))
         if not self.uses_negatives:
@@ -179,7 +181,7 @@ class OnlinePairs:
                                     n=args.num_negatives, seed=self.next_seed(), settings=settings,
                                     examples=[examples[i] for i in short])
             passing = {}
-            for i, new in zip(short, trainer.negative_source.candidates(trainer, request), strict=True):
+            for i, new in zip(short, trainer.negative_source.candidates(self.context, request), strict=True):
                 candidates[i] += new
                 passing[i] = negative_filter.apply(new, chosen[i], kept[i])
             if args.band_min_margin is not None or args.band_max_margin is not None:
@@ -200,9 +202,10 @@ class OnlinePairs:
             self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
         self.stats["generated"] += negative_filter.counts["generated"] - generated_before
         self.stats["filtered"] += negative_filter.filtered - filtered_before
-        if isinstance(trainer.negative_source, TeacherSource):  # how far the teacher is from the references
-            with eval_mode(trainer.teacher):
-                scores = completion_logprobs(trainer.teacher, prompts, references,
+        if hasattr(trainer.negative_source, "scored_model"):  # how far the source's model is from the references
+            scored = trainer.negative_source.scored_model(self.context)
+            with eval_mode(scored):
+                scores = completion_logprobs(scored, prompts, references,
                                              pad_token_id=trainer_tokenizer(trainer).pad_token_id,
                                              batch_size=settings.batch_size)
             self.stats["reference_logprob"] += sum(score for score, _ in scores)

@@ -288,10 +288,6 @@ class NegativeTeacherTrainer(DPOTrainer):
             inputs = self._preference_collator(examples)
         return super()._prepare_inputs(inputs)
 
-    def count_chosen(self, answers: list[list[int]], complete: list[bool]) -> None:
-        """For a chosen source: this batch's `chosen/mean_length` and `chosen/cut_off_fraction`."""
-        self.online.count_chosen(answers, complete)
-
     # Loss terms beside TRL's (losses.py) ---------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
