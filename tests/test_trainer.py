@@ -288,6 +288,20 @@ def test_the_teacher_is_one_spec_and_the_old_fields_still_work_with_a_warning(tm
     assert dataclasses.replace(legacy).teacher == "int4"  # a copy of the args does not see both
 
 
+def test_the_teacher_spec_is_parsed_once_per_run(tiny_chat_model, smol_tokenizer, tmp_path, monkeypatch):
+    from hf_negteacher.teacher.spec import TeacherConfig
+
+    parsed, from_spec = [], TeacherConfig.from_spec.__func__
+    monkeypatch.setattr(TeacherConfig, "from_spec",
+                        classmethod(lambda cls, spec: parsed.append(spec) or from_spec(cls, spec)))
+    args = config(tmp_path, teacher="int3, group_size=32", max_steps=2, teacher_strength_target=0.5,
+                  teacher_adjust_every=1)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    trainer.train()
+    assert parsed == ["int3, group_size=32"]  # the user's text, once; every later reader gets the parsed object
+    assert trainer.teacher_updates.spec.group_size == 32
+
+
 def test_bad_data_is_rejected_before_the_model_is_touched(smol_tokenizer, tmp_path):
     with pytest.raises(DataFormatError, match=r"row 1: .*fits no accepted format"):
         NegativeTeacherTrainer(None, config(tmp_path), [ROWS[0], {"text": "x"}], processing_class=smol_tokenizer)

@@ -196,7 +196,9 @@ class NegativeTeacherConfig(DPOConfig):
                               "answer per prompt; set negatives_temperature > 0")
         if self.negatives_mode == "online" and self.precompute_ref_log_probs:
             raise ConfigError("precompute_ref_log_probs=True needs fixed pairs: use negatives_mode=offline")
-        self.teacher = self._resolve_teacher()
+        parsed = self._resolve_teacher()
+        self.teacher = parsed.to_spec()
+        self._parsed_teacher = (self.teacher, parsed)
         low, high = self.band_min_margin, self.band_max_margin
         if low is not None and high is not None and low >= high:
             raise ConfigError(f"band_min_margin={low} must be below band_max_margin={high}")
@@ -224,15 +226,15 @@ class NegativeTeacherConfig(DPOConfig):
             raise ConfigError(f"teacher_follow_every with teacher={self.teacher!r}: a strength below 1 runs the "
                               "policy's frozen base layer, which the rebuilt teacher would not follow; use strength 1")
 
-    def _resolve_teacher(self) -> str:
-        """The teacher spec from `teacher`, or from the deprecated `teacher_*` fields (not both), normalized."""
+    def _resolve_teacher(self) -> TeacherConfig:
+        """The teacher's settings from `teacher`, or from the deprecated `teacher_*` fields (not both)."""
         legacy = [name for name, default in LEGACY_TEACHER_DEFAULTS.items() if getattr(self, name) != default]
         if self.teacher is not None and legacy:
             raise ConfigError(f"give the teacher either as teacher={self.teacher!r} or through the deprecated "
                               f"{', '.join(legacy)}, not both")
         try:
             if self.teacher is not None:
-                return TeacherConfig.from_spec(self.teacher).to_spec()
+                return TeacherConfig.from_spec(self.teacher)
             config = TeacherConfig(
                 quantizer=self.teacher_quantizer, granularity=self.teacher_granularity,
                 group_size=self.teacher_group_size, blocks=self.teacher_blocks or None,
@@ -245,11 +247,16 @@ class NegativeTeacherConfig(DPOConfig):
                           f"teacher: {config.to_spec()!r}", FutureWarning, stacklevel=3)
             for name, default in LEGACY_TEACHER_DEFAULTS.items():  # a copy of these args must not see both
                 setattr(self, name, default)
-        return config.to_spec()
+        return config
 
     def teacher_config(self) -> TeacherConfig:
-        """The teacher's settings, from the one `teacher` spec."""
-        return TeacherConfig.from_spec(self.teacher)
+        """The teacher's settings: the one `teacher` spec, parsed once (again only when `teacher` is set anew).
+        Treat it as read-only; `dataclasses.replace` makes a changed copy."""
+        spec, parsed = self.__dict__.get("_parsed_teacher", (None, None))
+        if spec != self.teacher:
+            spec, parsed = self.teacher, TeacherConfig.from_spec(self.teacher)
+            self._parsed_teacher = (spec, parsed)
+        return parsed
 
     def reads_checkpoint(self) -> bool:
         """Whether training loads the unquantized checkpoint (`chosen_checkpoint`): for its answers or its logits."""
