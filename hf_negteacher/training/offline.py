@@ -22,6 +22,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from datasets.fingerprint import Hasher
 from tqdm.auto import tqdm
 
 from ..atomic_write import atomic_write_json, atomic_write_text
@@ -284,9 +285,9 @@ def _rows_for(row: dict, index: int, negatives: list[str], teacher_spec: str, ge
 
 
 def _fingerprint(rows: Sequence[dict], *parts) -> str:
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
-    digest.update(json.dumps([dataclasses.asdict(p) if isinstance(p, NegativeFilter) else p for p in parts],
-                             sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+    """`datasets`' own fingerprint (`Hasher`, as `Dataset.map` caches by) of the rows and everything that shapes
+    their negatives."""
+    hasher = Hasher()
+    hasher.update(list(rows))
+    hasher.update([dataclasses.asdict(p) if isinstance(p, NegativeFilter) else p for p in parts])
+    return hasher.hexdigest()
