@@ -76,7 +76,7 @@ def test_refresh_every_reuses_cached_negatives(tiny_chat_model, smol_tokenizer, 
     assert fresh.online.generation_calls == 4 and reuse.online.generation_calls == 2
     assert trained(fresh) and trained(reuse)
     assert len(fresh.online.cache) == 4 and len(reuse.online.cache) == 8  # what can still be reused, no more
-    reuse.teacher_updates.follow(reuse)
+    reuse.teacher_updates.follow()
     assert reuse.online.cache == {}  # a new teacher: the old one's negatives are never reused
 
 

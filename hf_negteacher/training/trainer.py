@@ -18,12 +18,10 @@ from torch import nn
 from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from ..atomic_write import atomic_write_json
 from ..data.rows import load_jsonl, validate_rows
 from ..hub import last_logged_metrics, name_adapter_base, render_model_card
 from ..models import base_model_info, named_as
 from ..teacher.build import build_negative_teacher
-from ..teacher.follow import load_teacher_state, save_teacher_state
 from ..teacher.layer import materialized
 from .chosen_sources import ChosenSource, check_checkpoint, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
@@ -39,7 +37,6 @@ from .trl_private import keep_trl_loss_types, step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
 
-TEACHER_UPDATES = "negteacher_teacher_updates.json"
 """In each checkpoint: the teacher's strength and update steps (`TeacherUpdates.state`)."""
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
                 "negatives/filtered_fraction", "teacher/reference_ppl")
@@ -109,7 +106,6 @@ class NegativeTeacherTrainer(DPOTrainer):
             if outside_step:  # the policy would run outside the training step, where sharded processes can diverge
                 raise ConfigError(f"{', '.join(outside_step)} under FSDP / ZeRO-3: the policy's sharded tensors are "
                                   "used outside the training step; use DDP or one process")
-        self.teacher_updates = TeacherUpdates(args, teacher_weights)
         self.teacher = teacher or build_negative_teacher(model, config=args.teacher_config(), weights=teacher_weights,
                                                          standalone=shards_parameters(args))
         self.negative_filter = args.negative_filter()
@@ -137,6 +133,8 @@ class NegativeTeacherTrainer(DPOTrainer):
             processing_class=processing_class, **kwargs,
         )
         self.teacher.to(self.accelerator.device)
+        self.teacher_updates = TeacherUpdates(self, teacher_weights)
+        self.add_callback(self.teacher_updates)
         use_numeric_log_lines(self)
         if (self.accelerator.num_processes > 1 and args.negatives_mode == "online" and args.keep_dataset_rejected
                 and args.num_negatives > 1):
@@ -220,11 +218,6 @@ class NegativeTeacherTrainer(DPOTrainer):
     # Online negatives ---------------------------------------------------------------------------
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        follow, adjust = self.teacher_updates.due(self.state.global_step)
-        if follow:
-            self.follow_policy()
-        if adjust:
-            self.adjust_strength()
         self.online.generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -237,12 +230,12 @@ class NegativeTeacherTrainer(DPOTrainer):
     def follow_policy(self) -> None:
         """Rebuild the teacher from the current policy: the checkpoint's weights plus the LoRA delta, quantized
         with the same setting (`teacher_follow_every`)."""
-        self.teacher_updates.follow(self)
+        self.teacher_updates.follow()
 
     def adjust_strength(self) -> None:
         """One feedback step on the teacher's strength from the last batch's reward accuracy (see
         `teacher_strength_target`); the teacher is rebuilt when the strength changes."""
-        self.teacher_updates.adjust_strength(self)
+        self.teacher_updates.adjust_strength()
 
     def log_metric(self, name: str, value: float, *, latest: bool = False) -> None:
         """Add `value` to this step's training log under `name`: averaged over the logging interval, as TRL's
@@ -251,16 +244,6 @@ class NegativeTeacherTrainer(DPOTrainer):
             step_metrics(self, "train")[name] = [value]
         else:
             step_metrics(self, "train")[name].append(value)
-
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.is_world_process_zero():
-            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            atomic_write_json(folder / TEACHER_UPDATES, self.teacher_updates.state())
-            if self.args.teacher_follow_every:
-                save_teacher_state(self.teacher, folder)
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         """TRL's `train`, with the teacher restored from the checkpoint it resumes from (here rather than in
@@ -271,14 +254,8 @@ class NegativeTeacherTrainer(DPOTrainer):
 
             folder = get_last_checkpoint(self.args.output_dir)
         if folder:
-            self._restore_teacher(Path(folder))
+            self.teacher_updates.restore(Path(folder))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-
-    def _restore_teacher(self, folder: Path) -> None:
-        if self.args.teacher_follow_every and load_teacher_state(self.teacher, folder):
-            logger.info("teacher: restored the followed teacher from %s", folder)
-        if (folder / TEACHER_UPDATES).is_file():
-            self.teacher_updates.restore(self, json.loads((folder / TEACHER_UPDATES).read_text()))
 
     def _prepare_inputs(self, inputs):
         if isinstance(inputs, dict) and "negteacher_examples" in inputs:
