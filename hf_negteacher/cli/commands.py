@@ -37,6 +37,15 @@ def policy_device_map(model_args: NegTeacherModelConfig, use_cpu: bool, sharded:
     return "cpu" if use_cpu or not torch.cuda.is_available() else {"": PartialState().local_process_index}
 
 
+def held_out_scorers(args) -> set[int]:
+    """The processes that score the held-out rows after training: the main one, or none where FSDP or ZeRO-3
+    shard the trained weights over all processes (one cannot score them; `negteacher eval` scores the saved
+    adapter in one process)."""
+    from ..training.trainer import shards_parameters
+
+    return set() if shards_parameters(args) else {0}
+
+
 def _load_policy(model_args: NegTeacherModelConfig, use_cpu: bool, sharded: bool = False):
     from trl.trainer.utils import get_quantization_config
 
@@ -100,7 +109,7 @@ def train_command(argv: list[str]) -> None:
     model_args, data_args, args, tokenizer, (rows, _), held_out = _prepare(argv, "negteacher train")
     if model_args.load_in_4bit and not model_args.use_peft:
         raise RecipeError("load_in_4bit=true needs use_peft=true: a 4-bit base is trained through a LoRA adapter")
-    if held_out is not None and shards_parameters(args):  # one process cannot score weights spread over all
+    if held_out is not None and not held_out_scorers(args):
         logger.warning("no held-out table after training: under FSDP or DeepSpeed ZeRO-3 the trained weights are "
                        "sharded across processes; score the saved adapter with `negteacher eval` in one process")
         held_out = None
