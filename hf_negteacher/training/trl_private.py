@@ -1,6 +1,8 @@
 """The TRL internals this package relies on, each behind one function. Checked against TRL 1.16.0 (the tested
 version of the pinned range); `tests/test_trl_private.py` builds a plain `trl.DPOTrainer` and fails, naming the
-function here to update, when a TRL release changes one of them."""
+function here to update, when a TRL release changes one of them. One more reliance lives where it is used:
+`policy_logits.ChosenLogits` keeps the first backbone output inside `DPOTrainer._compute_loss`, the policy's (its
+reference forward comes after); `test_token_loss` fails when that order or the number of forwards changes."""
 
 from __future__ import annotations
 
