@@ -240,6 +240,12 @@ CASES = [
          "num_samples=3 with temperature 0"),
     Case("eval-window", "a window longer than the model's context", _eval("--window", "100000"),
          "larger than the model's context"),
+    Case("export-activations", "export-teacher of a setting that rounds activations at run time",
+         lambda tmp: ["export-teacher", RECIPE, "--teacher", "ternary", "--output_dir", str(tmp / "t")],
+         "teacher='ternary,activation_bits=0'"),
+    Case("export-not-empty", "export-teacher into a folder that holds files",
+         lambda tmp: (tmp / "t").mkdir() or (tmp / "t" / "x").write_text("") or
+         ["export-teacher", RECIPE, "--output_dir", str(tmp / "t")], "is not empty"),
     Case("push-not-trained", "push of a folder with no adapter",
          lambda tmp: ["push", "--output_dir", str(tmp), "--hub_model_id", "you/a"], "is not a trained output_dir"),
     Case("push-no-repo", "push without hub_model_id", lambda tmp: ["push", "--output_dir", _adapter_dir(tmp)],

@@ -100,3 +100,20 @@ def test_calibrate_warns_when_no_setting_reaches_the_target_and_most_pairs_are_i
     assert inverted.startswith(f"most pairs are inverted for `int4` {setting['inverted_fraction']:.0%}")
     assert no_target in caplog.text and inverted in caplog.text
     assert f"**warning:** {inverted}" in capsys.readouterr().out
+
+
+def test_export_teacher_command_writes_the_default_teacher_of_the_nf4_policy(policy, weights, tokenizer, tmp_path,
+                                                                            capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    main(["export-teacher", "recipes/smollm2-135m/negteacher.yaml", "--output_dir", str(tmp_path / "teacher")])
+    assert "as a plain checkpoint" in capsys.readouterr().out
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher").eval()
+    teacher = build_negative_teacher(policy, config=TeacherConfig.from_spec("int3,blocks=0-14"), weights=weights)
+    ids = tokenizer(["The capital of France is", "Define cat:"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        got, expected = exported(**ids).logits, teacher.eval()(**ids).logits
+    # Blocks 15-29 are the NF4 policy's: bitsandbytes' 4-bit layers in the teacher, their dequantized weights here.
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert "blocks=0-14" in (tmp_path / "teacher" / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""`negteacher train|generate|calibrate|eval|push RECIPE.yaml [--field value ...]`."""
+"""`negteacher train|generate|calibrate|eval|push|export-teacher RECIPE.yaml [--field value ...]`."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ commands:
   calibrate  sweep teacher settings: perplexity ratio to the policy, trivial pairs, a sample each
   eval       held-out perplexity (built-in and lm-eval engines) of the base, 4-bit base, + adapter, teacher
   push       upload a trained output_dir (adapter + model card) to the Hugging Face Hub
+  export-teacher  write the teacher as a plain transformers checkpoint (for vLLM, TGI, ...) to output_dir
 
 `negteacher COMMAND --help` lists every field with its default."""
 
 
-COMMANDS = ("train", "generate", "calibrate", "eval", "push")
+COMMANDS = ("train", "generate", "calibrate", "eval", "push", "export-teacher")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     from .recipe import RecipeError
 
     try:
-        getattr(commands, f"{argv[0]}_command")(argv[1:])
+        getattr(commands, f"{argv[0].replace('-', '_')}_command")(argv[1:])
     except (RecipeError, ValueError, FileNotFoundError) as error:
         if isinstance(error, RecipeError) or type(error).__module__.startswith("hf_negteacher"):
             print(f"negteacher {argv[0]}: {error}", file=sys.stderr)

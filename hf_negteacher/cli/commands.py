@@ -184,6 +184,31 @@ def generate_command(argv: list[str]) -> None:
           f"{written_by}; filtered {meta['counts']}")
 
 
+def export_teacher_command(argv: list[str]) -> None:
+    """The recipe's teacher as a plain transformers checkpoint in `output_dir`, for any engine to serve."""
+    from ..models import checkpoint_weights, decoder_block_count, load_tokenizer
+    from ..teacher.build import build_negative_teacher
+    from ..teacher.export import check_exportable, export_teacher
+
+    model_args, _, args = parse((NegTeacherModelConfig, DataArguments, NegativeTeacherConfig), argv,
+                                "negteacher export-teacher")
+    _check_output_dir(args.output_dir)
+    output = Path(args.output_dir)
+    if output.exists() and any(output.iterdir()):
+        raise RecipeError(f"output_dir {args.output_dir!r} is not empty; export-teacher writes a new folder")
+    check_exportable(args.teacher_config())
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    args.teacher_config().check_blocks(decoder_block_count(model_args.model_name_or_path))
+    policy = _load_policy(model_args, args.use_cpu)
+    teacher = build_negative_teacher(policy, config=args.teacher_config(),
+                                     weights=checkpoint_weights(model_args.model_name_or_path))
+    layers = "NF4 (the 4-bit policy's), dequantized" if model_args.load_in_4bit else "as in the checkpoint"
+    export_teacher(teacher, tokenizer, output, source=model_args.model_name_or_path, setting=args.teacher,
+                   policy_weights=layers)
+    print(f"{output}: the teacher {args.teacher} of {model_args.model_name_or_path} as a plain checkpoint; serve it "
+          "with any engine, e.g. `vllm serve " + str(output) + "`")
+
+
 def calibrate_command(argv: list[str]) -> None:
     from trl.trainer.utils import get_quantization_config
 
