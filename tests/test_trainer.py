@@ -65,6 +65,21 @@ def test_online_training_uses_teacher_negatives_and_moves_only_the_adapter(tiny_
     assert len(cached) == 4 and all(len(n) == 1 and 0 < len(n[0]) <= 6 for n in cached)  # the last step's alone
 
 
+def test_the_teachers_reference_perplexity_is_computed_only_for_steps_that_log_it(tiny_chat_model, smol_tokenizer,
+                                                                                   tmp_path, monkeypatch):
+    import hf_negteacher.training.online as online
+
+    scored_at, score = [], online.completion_logprobs
+    args = config(tmp_path, max_steps=4, logging_steps=2)
+    trainer = NegativeTeacherTrainer(tiny_chat_model, args, ROWS, processing_class=smol_tokenizer, peft_config=lora())
+    monkeypatch.setattr(online, "completion_logprobs",
+                        lambda *a, **k: scored_at.append(trainer.state.global_step) or score(*a, **k))
+    trainer.train()
+    assert scored_at == [1, 3]  # steps 2 and 4 log; before, every step paid the teacher forward
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["step"] for e in logged] == [2, 4] and all(e["teacher/reference_ppl"] > 1 for e in logged)
+
+
 def test_refresh_every_reuses_cached_negatives(tiny_chat_model, smol_tokenizer, tmp_path):
     # 8 rows, batch 4: steps 0-1 see every prompt once, steps 2-3 see them again.
     fresh = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(tmp_path / "a", max_steps=4, refresh_every=1),

@@ -202,7 +202,8 @@ class OnlinePairs:
             self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
         self.stats["generated"] += negative_filter.counts["generated"] - generated_before
         self.stats["filtered"] += negative_filter.filtered - filtered_before
-        if hasattr(trainer.negative_source, "scored_model"):  # how far the source's model is from the references
+        if hasattr(trainer.negative_source, "scored_model") and self._logs_this_step():
+            # how far the source's model is from the references: one more forward, so only where it is logged
             scored = trainer.negative_source.scored_model(self.context)
             with eval_mode(scored):
                 scores = completion_logprobs(scored, prompts, references,
@@ -211,6 +212,16 @@ class OnlinePairs:
             self.stats["reference_logprob"] += sum(score for score, _ in scores)
             self.stats["reference_tokens"] += sum(n for _, n in scores)
         self.generation_seconds += time.perf_counter() - start
+
+    def _logs_this_step(self) -> bool:
+        """Whether the step being trained ends in a log line (always in evaluation, and for other logging
+        strategies than `steps`)."""
+        trainer = self.trainer
+        args, state = trainer.args, trainer.state
+        if not trainer.model.training or args.logging_strategy != "steps":
+            return True
+        step = state.global_step + 1  # the step being trained, as the Trainer numbers it once done
+        return step % (state.logging_steps or args.logging_steps) == 0 or (step == 1 and args.logging_first_step)
 
     def _warn_on_ties(self, ties: int, pairs: int) -> None:
         """Once per run: most of this batch's pairs have rejected == chosen. Such a pair has no preference gradient
