@@ -203,6 +203,24 @@ def test_dequantizing_once_per_generate_call_gives_the_same_outputs_and_frees_th
     assert all(m._dequantized is None and not m.keep_dequantized for m in layers)
 
 
+def test_dequantizing_once_is_decided_from_the_free_memory_and_always_taken_on_the_cpu(tiny_llama, caplog):
+    from hf_negteacher.teacher.layer import dequantize_once_fits, materialized
+    from hf_negteacher.teacher.packing import _plane_shifts
+
+    teacher = build_negative_teacher(tiny_llama, "int3")
+    layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
+    bf16_copy = sum(m.out_features * m.in_features for m in layers) * 2
+    assert dequantize_once_fits(layers, None, torch.bfloat16)  # the CPU
+    assert dequantize_once_fits(layers, 2 * bf16_copy, torch.bfloat16)
+    assert not dequantize_once_fits(layers, 2 * bf16_copy - 1, torch.bfloat16)
+    assert not dequantize_once_fits(layers, 2 * bf16_copy, torch.float32)  # twice the bytes per weight
+    with caplog.at_level("INFO", logger="hf_negteacher.teacher.layer"), materialized(teacher, None):
+        assert all(m.keep_dequantized for m in layers)
+    assert "dequantizing its packed layers once per generate call (on the CPU)" in caplog.text
+    # The int3 planes' shifts are made once per device, not copied from the CPU at every unpack.
+    assert _plane_shifts(torch.device("cpu")) is _plane_shifts(torch.device("cpu"))
+
+
 def test_teacher_codes_live_on_the_device_of_the_layers_they_replace(tiny_llama):
     # The checkpoint's tensors are read onto the CPU; the packed codes must still go where the policy's layers
     # are (a GPU in real use; the meta device stands in for it here).

@@ -21,7 +21,7 @@ from transformers import LogitsProcessor
 
 from ..generation import GenerationSettings, generate_answers
 from ..models import eval_mode
-from .layer import dequantize_once_by_default, materialized
+from .layer import materialized
 
 
 class ContrastiveDecodingError(ValueError):
@@ -97,9 +97,8 @@ def contrast_with(teacher: nn.Module, settings: ContrastSettings) -> Callable[[t
 
 @contextlib.contextmanager
 def teacher_for_decoding(teacher: nn.Module, dequantize_once: bool | None = None) -> Iterator[nn.Module]:
-    """The teacher in inference mode, its packed layers dequantized once for the block (default: without CUDA)."""
-    if dequantize_once is None:
-        dequantize_once = dequantize_once_by_default()
+    """The teacher in inference mode, its packed layers dequantized once for the block (default: where it fits,
+    `layer.materialized`)."""
     with eval_mode(teacher), materialized(teacher, dequantize_once):
         yield teacher
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 from .packing import pack_codes, unpack_codes
 from .quantizers import dequantize, fake_quantize_activations, quantize
 from .spec import TeacherConfig
+
+logger = logging.getLogger(__name__)
 
 
 class PackedLinear(nn.Module):
@@ -65,17 +68,24 @@ class PackedLinear(nn.Module):
                 f"activation_bits={self.activation_bits}, strength={self.strength}")
 
 
-def dequantize_once_by_default() -> bool:
-    """Whether `materialized` is worth it by default: without CUDA (plain-PyTorch dequantization is slow
-    there), not on GPU (where the transient full-precision copy costs scarce memory)."""
-    return not torch.cuda.is_available()
+def dequantize_once_fits(layers: list[PackedLinear], free_bytes: int | None, dtype: torch.dtype) -> bool:
+    """Whether dequantizing `layers` once pays: always on the CPU (`free_bytes` None), where dequantizing at every
+    decoding step dominates generation; on a GPU when its free memory holds their `dtype` copy twice over."""
+    if free_bytes is None:
+        return True
+    needed = sum(layer.out_features * layer.in_features for layer in layers) * torch.finfo(dtype).bits // 8
+    return 2 * needed <= free_bytes
 
 
 @contextlib.contextmanager
-def materialized(teacher: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+def materialized(teacher: nn.Module, enabled: bool | None = True) -> Iterator[nn.Module]:
     """Dequantize each packed layer once and keep it until the block ends (one `generate` call), instead
-    of at every forward: faster decoding, at the price of a transient full-precision copy of those layers."""
-    layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)] if enabled else []
+    of at every forward: faster decoding, at the price of a transient full-precision copy of those layers.
+    `enabled=None` decides by `dequantize_once_fits` from the device's measured free memory, logged once."""
+    layers = [m for m in teacher.modules() if isinstance(m, PackedLinear)]
+    if enabled is None and layers:
+        enabled = _decide(teacher, layers)
+    layers = layers if enabled else []
     try:
         for layer in layers:
             layer.keep_dequantized = True
@@ -84,3 +94,15 @@ def materialized(teacher: nn.Module, enabled: bool = True) -> Iterator[nn.Module
         for layer in layers:
             layer.keep_dequantized, layer._dequantized = False, None
 
+
+def _decide(teacher: nn.Module, layers: list[PackedLinear]) -> bool:
+    device = layers[0].packed.device
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    dtype = next((p.dtype for p in teacher.parameters() if p.is_floating_point()), torch.float32)
+    fits = dequantize_once_fits(layers, free, dtype)
+    if getattr(teacher, "_dequantize_once_decided", None) != fits:
+        teacher._dequantize_once_decided = fits
+        where = "on the CPU" if free is None else f"{free / 2**30:.1f} GiB free on {device}"
+        logger.info("teacher: dequantizing its packed layers %s per generate call (%s)",
+                    "once" if fits else "at every forward", where)
+    return fits

@@ -6,6 +6,8 @@ codes two nibbles per byte, and 1- and 3-bit codes bit planes (8 codes per byte 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers.integrations.bitnet import pack_weights, unpack_weights
 
@@ -13,7 +15,13 @@ from transformers.integrations.bitnet import pack_weights, unpack_weights
 # than the eager function for our shapes, and compiles once per shape. Use the eager one.
 _unpack_weights_eager = getattr(unpack_weights, "__wrapped__", unpack_weights)
 
-_PLANE_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+@functools.cache
+def _plane_shifts(device: torch.device) -> torch.Tensor:
+    """0..7 on `device`, made once per device: a copy from the CPU at every call would make the host wait for the
+    GPU once per layer and decoding step."""
+    return torch.arange(8, dtype=torch.uint8, device=device)
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -31,7 +39,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         return flat[0::2] | (flat[1::2] << 4)
     padded = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
     planes = [((padded >> b) & 1).reshape(-1, 8) for b in range(bits)]
-    return torch.stack([(p << _PLANE_SHIFTS.to(p.device)).sum(-1, dtype=torch.uint8) for p in planes])
+    return torch.stack([(p << _plane_shifts(p.device)).sum(-1, dtype=torch.uint8) for p in planes])
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int, int]) -> torch.Tensor:
@@ -42,7 +50,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int,
         return _unpack_weights_eager(packed, dtype=torch.uint8)[:rows] + 1
     if bits == 4:
         return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(-1)[: rows * cols].reshape(rows, cols)
-    shifts = _PLANE_SHIFTS.to(packed.device)
+    shifts = _plane_shifts(packed.device)
     codes = torch.zeros(packed.shape[1] * 8, dtype=torch.uint8, device=packed.device)
     for b in range(bits):
         codes |= (((packed[b].unsqueeze(-1) >> shifts) & 1) << b).reshape(-1)

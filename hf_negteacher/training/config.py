@@ -9,7 +9,6 @@ import torch
 from trl import DPOConfig
 
 from ..generation import GenerationSettings
-from ..teacher.layer import dequantize_once_by_default
 from ..teacher.spec import TeacherConfig, TeacherConfigError
 from .chosen_sources import CHOSEN_SOURCES
 from .distillation import CHECKPOINT_KD
@@ -74,7 +73,8 @@ class NegativeTeacherConfig(DPOConfig):
     teacher_dequantize_once: bool | None = field(default=None, metadata={
         "help": "Dequantize the packed layers once per generate call rather than at every decoding step: about "
                 "1.6x faster teacher generation on CPU, at the price of a transient full-precision copy of those "
-                "layers (default: on without CUDA, off on GPU)."})
+                "layers (default: always on the CPU; on a GPU when its free memory holds that copy twice over, "
+                "measured and logged)."})
 
     teacher_follow_every: int = field(default=0, metadata={
         "help": "Rebuild the teacher from the current policy every N optimizer steps: the checkpoint's weights plus "
@@ -144,8 +144,6 @@ class NegativeTeacherConfig(DPOConfig):
     def __post_init__(self) -> None:
         if self.bf16 is None and not self.fp16:  # TRL turns bf16 on by default, which fails on CPU-only machines
             self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if self.teacher_dequantize_once is None:
-            self.teacher_dequantize_once = dequantize_once_by_default()
         if self.ddp_find_unused_parameters is None and self.gradient_checkpointing:
             # What `Trainer` decides for a PreTrainedModel; a PEFT policy is not one and would get True, which
             # re-entrant checkpointing under DDP rejects ("marked ready twice"). Every adapter weight is used.
