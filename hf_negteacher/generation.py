@@ -11,6 +11,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from trl.trainer.utils import pad
 
+from .row_sampling import RowSeededSampling, row_seeds
+
 
 @dataclass
 class GenerationSettings:
@@ -96,23 +98,42 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], settings: Generat
 def generate_negative_ids(model, prompt_ids: Sequence[Sequence[int]], settings: GenerationSettings, *,
                           seed: int, pad_token_id: int, stop_token_ids: Sequence[int],
                           num_return_sequences: int = 1, processor: ProcessorFactory | None = None,
-                          synced_gpus: bool | None = None) -> list[list[list[int]]]:
+                          synced_gpus: bool | None = None,
+                          prompt_seeds: Sequence[int] | None = None) -> list[list[list[int]]]:
     """Per prompt (token ids), `num_return_sequences` generated answers as token ids, cut before the
     first stop token. Prompts are left-padded in batches of `settings.batch_size`; `processor` as in
     `generate_answers`. `synced_gpus=False` for a model no process shares (the teacher): under ZeRO-3,
-    transformers' default would make processes that generate different numbers of times wait forever."""
+    transformers' default would make processes that generate different numbers of times wait forever.
+    With `prompt_seeds` (one per prompt) each prompt's samples depend on its own seed only, not on `seed` or on
+    the prompts it is batched with (`row_sampling`)."""
+    row_seeded = prompt_seeds is not None and settings.temperature > 0
+    if row_seeded and processor is not None:
+        raise ValueError("prompt_seeds samples through its own logits processor; pass no processor with it")
     device = next(model.parameters()).device
     stops = set(stop_token_ids)
     results: list[list[list[int]]] = []
     for start in range(0, len(prompt_ids), settings.batch_size):
-        chunk = [torch.tensor(list(ids), dtype=torch.long) for ids in prompt_ids[start:start + settings.batch_size]]
-        batch = {"input_ids": pad(chunk, pad_token_id, padding_side="left").to(device),
-                 "attention_mask": pad([torch.ones_like(ids) for ids in chunk], 0, padding_side="left").to(device)}
-        new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences,
-                                      processor, synced_gpus)
+        prompts = prompt_ids[start:start + settings.batch_size]
+        if row_seeded:  # each prompt repeated, decoded greedily through its own draws
+            batch = _left_padded([ids for ids in prompts for _ in range(num_return_sequences)], pad_token_id, device)
+            sampling = RowSeededSampling(row_seeds(prompt_seeds[start:start + settings.batch_size],
+                                                   num_return_sequences), batch["input_ids"].shape[1],
+                                         settings.temperature, settings.top_k, settings.top_p)
+            new_tokens = _seeded_generate(model, batch, replace(settings, temperature=0.0), 0, pad_token_id, 1,
+                                          lambda _, sampling=sampling: sampling, synced_gpus)
+        else:
+            batch = _left_padded(prompts, pad_token_id, device)
+            new_tokens = _seeded_generate(model, batch, settings, seed + start, pad_token_id, num_return_sequences,
+                                          processor, synced_gpus)
         answers = [_cut_at_stop(row, stops) for row in new_tokens.tolist()]
         results.extend(answers[i:i + num_return_sequences] for i in range(0, len(answers), num_return_sequences))
     return results
+
+
+def _left_padded(prompt_ids: Sequence[Sequence[int]], pad_token_id: int, device) -> dict[str, torch.Tensor]:
+    chunk = [torch.tensor(list(ids), dtype=torch.long) for ids in prompt_ids]
+    return {"input_ids": pad(chunk, pad_token_id, padding_side="left").to(device),
+            "attention_mask": pad([torch.ones_like(ids) for ids in chunk], 0, padding_side="left").to(device)}
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:

@@ -398,8 +398,8 @@ def test_negative_sources_write_the_rejected_side(source, tiny_chat_model, smol_
         expected = generate_negative_ids(untrained, first.prompts, first.settings, seed=first.seed,
                                          pad_token_id=smol_tokenizer.pad_token_id,
                                          stop_token_ids=stop_token_ids(smol_tokenizer, untrained),
-                                         num_return_sequences=2)
-        assert answers[0] == expected
+                                         num_return_sequences=2, prompt_seeds=first.example_seeds)
+        assert len(first.example_seeds) == len(first.prompts) and answers[0] == expected
 
 
 class ScoredFixedSource(FixedSource):

@@ -128,6 +128,11 @@ class NegativeTeacherConfig(DPOConfig):
     negatives_seed: int | None = field(default=None, metadata={
         "help": "Seed of the teacher's sampling (default: seed)."})
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per teacher generate call."})
+    negatives_lookahead: int = field(default=1, metadata={
+        "help": "Online, where the negatives depend on neither the policy nor the batch (a fixed teacher or the "
+                "dataset's rejected answers, the reference as chosen, no band): generate them this many optimizer "
+                "steps ahead, in calls of generation_batch_size prompts across micro-batches and steps. Each "
+                "example draws from its own seed, so the pairs are the same whatever the lookahead."})
     negatives_max_tries: int = field(default=3, metadata={
         "help": "Online: generate calls per prompt (the first + resamples) to get num_negatives that pass the "
                 "filters; still short after that, filtered candidates fill the gap (logged as "
@@ -183,6 +188,7 @@ class NegativeTeacherConfig(DPOConfig):
         except ValueError as error:
             raise ConfigError(str(error)) from None
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
+                     "negatives_lookahead",
                      "teacher_token_top_k", "negatives_max_tries", "chosen_num_samples", "chosen_max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")

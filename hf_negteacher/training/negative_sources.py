@@ -41,6 +41,10 @@ class SourceRequest:
     settings: GenerationSettings
     examples: Sequence[dict] = ()
     """The batch's tokenized examples (`prompt_ids`, `chosen_ids`, and `rejected_ids`, the end-of-answer tokens)."""
+    example_seeds: Sequence[int] = ()
+    """One seed per example, a function of (example, step, try) only: a source that samples each example from its
+    own seed (`generation.generate_negative_ids(prompt_seeds=...)`) writes the same candidates however the
+    examples are batched, which lets the trainer generate ahead (`negatives_lookahead`)."""
 
 
 class SourceError(ValueError):
@@ -62,6 +66,8 @@ class TeacherSource:
     """Samples of the packed low-bit copy of the checkpoint (`trainer.teacher`): the default."""
 
     name = "teacher"
+    per_example = True
+    """Each example's candidates depend on that example and its seed only (not on the policy or the batch)."""
 
     def candidates(self, context: SourceContext, request: SourceRequest) -> list[list[list[int]]]:
         with materialized(context.teacher, context.args.teacher_dequantize_once):
@@ -100,6 +106,7 @@ class DatasetSource:
     (counted in `negatives/fallback_fraction`)."""
 
     name = "dataset"
+    per_example = True
 
     def __init__(self) -> None:
         self._rows: list[dict] = []
@@ -142,12 +149,14 @@ def negative_source(name: str) -> NegativeSource:
 
 @torch.no_grad()
 def sample(tokenizer, model: nn.Module, request: SourceRequest) -> list[list[list[int]]]:
-    """`request.n` answers per prompt from `model` (in eval mode), with the request's settings and seed."""
+    """`request.n` answers per prompt from `model` (in eval mode), with the request's settings and seeds (one per
+    example when it has them)."""
     with eval_mode(model):
         return generate_negative_ids(model, request.prompts, request.settings, seed=request.seed,
                                      pad_token_id=tokenizer.pad_token_id,
                                      stop_token_ids=stop_token_ids(tokenizer, model),
-                                     num_return_sequences=request.n, synced_gpus=False)
+                                     num_return_sequences=request.n, synced_gpus=False,
+                                     prompt_seeds=request.example_seeds or None)
 
 
 def setup_sources(rows: Sequence[dict], *sources) -> None:

@@ -13,6 +13,7 @@ from ..data.rows import preference_row
 from ..logprobs import completion_logprobs
 from ..models import eval_mode
 from .band import in_band, pair_margins
+from .chosen_sources import reads_reference
 from .losses import reads_rejected
 from .negative_sources import SourceRequest, cut_suffix, example_key
 from .source_context import SourceContext
@@ -95,7 +96,7 @@ class OnlinePairs:
         keys = [example_key(e) for e in examples]
         stale = [i for i, key in enumerate(keys) if key not in self.cache]
         if stale:
-            self.generate([examples[i] for i in stale], [keys[i] for i in stale])
+            self.generate([examples[i] for i in stale], [keys[i] for i in stale], [step] * len(stale))
         out, ties = [], 0
         for example, key in zip(examples, keys, strict=True):
             suffix = example["rejected_ids"]  # the placeholder: end-of-answer tokens only
@@ -151,16 +152,56 @@ class OnlinePairs:
         return (trainer.args.generation_settings().seed + 1_000_003 * trainer.accelerator.process_index
                 + 7919 * trainer.state.global_step + 104_729 * call)
 
+    def lookahead_steps(self) -> int:
+        """How many optimizer steps ahead the trainer generates negatives (`negatives_lookahead`): where they depend
+        on neither the policy nor the other examples of a call, else 0 (each micro-batch generates its own)."""
+        return self.trainer.args.negatives_lookahead if not self.why_not_ahead() else 0
+
+    def why_not_ahead(self) -> list[str]:
+        """What makes the negatives depend on the policy or on the batch, so they cannot be generated ahead."""
+        trainer, args = self.trainer, self.trainer.args
+        return [reason for reason, applies in (
+            ("negatives_mode=offline", args.negatives_mode != "online"),
+            ("a loss that reads no rejected side", not self.uses_negatives),
+            ("teacher_follow_every", bool(args.teacher_follow_every)),
+            ("teacher_strength_target", args.teacher_strength_target is not None),
+            ("band_min_margin / band_max_margin", args.band_min_margin is not None or args.band_max_margin is not None),
+            (f"chosen_source={trainer.chosen_source.name!r}", not reads_reference(trainer.chosen_source)),
+            (f"negative_source={trainer.negative_source.name!r}", not getattr(trainer.negative_source, "per_example",
+                                                                              False)),
+        ) if applies]
+
+    def prefetch(self, batches: list[tuple[int, list[dict]]]) -> None:
+        """Generate, in as few calls as `generation_batch_size` allows, whatever the examples of `batches` (each with
+        the optimizer step it will train at) will lack in the cache then."""
+        todo: dict[str, tuple[dict, int]] = {}
+        for step, examples in batches:
+            for example in examples:
+                key = example_key(example)
+                entry = self.cache.get(key)
+                stale = entry is None or step - entry[0] >= self.trainer.args.refresh_every
+                if not example.get("negteacher_fixed") and stale and key not in todo:
+                    todo[key] = (example, step)
+        if todo:
+            self.generate([example for example, _ in todo.values()], list(todo), [step for _, step in todo.values()])
+
+    def example_seeds(self, keys: list[str], steps: list[int], attempt: int) -> list[int]:
+        """Per example, its seed for try `attempt`: a function of (example, the step it trains at, the try) only,
+        so it draws the same negatives however far ahead and with whichever examples it is generated, and as the
+        original run did after a resume. Evaluation draws from its own seeds."""
+        base = self.trainer.args.generation_settings().seed + (0 if self.trainer.model.training else 15_485_863)
+        return [(base + int(key[:10], 16) + 7919 * step + 104_729 * attempt) % 2**40
+                for key, step in zip(keys, steps, strict=True)]
+
     @torch.no_grad()
-    def generate(self, examples: list[dict], keys: list[str]) -> None:
-        """The chosen answer and exactly `num_negatives` negatives per example into the cache: filtered
-        candidates are asked for again up to `negatives_max_tries` calls, then filled from the filtered
-        candidates (counted as fallbacks)."""
+    def generate(self, examples: list[dict], keys: list[str], steps: list[int]) -> None:
+        """The chosen answer and exactly `num_negatives` negatives per example (for the optimizer step in `steps`)
+        into the cache: filtered candidates are asked for again up to `negatives_max_tries` calls, then filled from
+        the filtered candidates (counted as fallbacks)."""
         trainer, args = self.trainer, self.trainer.args
         start = time.perf_counter()
         settings = args.generation_settings()
         self.generation_calls += 1
-        step = trainer.state.global_step
         prompts = [e["prompt_ids"] for e in examples]
         references = [cut_suffix(e["chosen_ids"], e["rejected_ids"]) for e in examples]
         chosen = trainer.chosen_source.answers(self.context, SourceRequest(
@@ -168,7 +209,7 @@ class OnlinePairs:
             settings=args.chosen_generation_settings(), examples=examples))
         if not self.uses_negatives:
             for i, key in enumerate(keys):
-                self.cache[key] = (step, chosen[i], [[]])
+                self.cache[key] = (steps[i], chosen[i], [[]])
             self.generation_seconds += time.perf_counter() - start
             return
         negative_filter = trainer.negative_filter
@@ -176,10 +217,12 @@ class OnlinePairs:
         kept: list[list[list[int]]] = [[] for _ in examples]
         candidates: list[list[list[int]]] = [[] for _ in examples]
         short = list(range(len(examples)))
-        for _ in range(args.negatives_max_tries):
+        for attempt in range(args.negatives_max_tries):
             request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
                                     n=args.num_negatives, seed=self.next_seed(), settings=settings,
-                                    examples=[examples[i] for i in short])
+                                    examples=[examples[i] for i in short],
+                                    example_seeds=self.example_seeds([keys[i] for i in short],
+                                                                     [steps[i] for i in short], attempt))
             passing = {}
             for i, new in zip(short, trainer.negative_source.candidates(self.context, request), strict=True):
                 candidates[i] += new
@@ -199,7 +242,7 @@ class OnlinePairs:
             if missing > 0:
                 kept[i] += ([c for c in candidates[i] if c not in kept[i]] + candidates[i])[:missing]
                 self.stats["fallback"] += missing
-            self.cache[key] = (step, chosen[i], kept[i][: args.num_negatives])
+            self.cache[key] = (steps[i], chosen[i], kept[i][: args.num_negatives])
         self.stats["generated"] += negative_filter.counts["generated"] - generated_before
         self.stats["filtered"] += negative_filter.filtered - filtered_before
         if hasattr(trainer.negative_source, "scored_model") and self._logs_this_step():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -158,6 +159,11 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.eval_results: list = []  # huggingface_hub EvalResult rows for the model card's model-index
         self.eval_blocks: list[str] = []  # and its text (`evaluation.report.card_block`)
         self.online = OnlinePairs(self)
+        self._ahead: tuple[object, collections.deque] = (None, collections.deque())  # (epoch iterator, its batches)
+        self._ahead_seconds = 0.0
+        if args.negatives_lookahead > 1 and self.online.why_not_ahead():
+            raise ConfigError(f"negatives_lookahead={args.negatives_lookahead} needs negatives that depend on neither "
+                              f"the policy nor the batch; here: {', '.join(self.online.why_not_ahead())}")
 
     def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig, split: str,
                       chosen: OfflineChosen | None) -> list[dict]:
@@ -217,12 +223,31 @@ class NegativeTeacherTrainer(DPOTrainer):
 
     # Online negatives ---------------------------------------------------------------------------
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's batches for one optimizer step; first, the negatives of this step and of the next
+        `negatives_lookahead - 1` (their batches read ahead and kept), generated together (`OnlinePairs.prefetch`)."""
+        ahead = self.online.lookahead_steps() if self.model.training else 0
+        if not ahead:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        iterator, buffer = self._ahead
+        if iterator is not epoch_iterator:  # a new epoch
+            self._ahead = (epoch_iterator, buffer := collections.deque())
+        while len(buffer) < num_batches * ahead and (batch := next(epoch_iterator, None)) is not None:
+            buffer.append(batch)
+        step, start = self.state.global_step, time.perf_counter()
+        self.online.prefetch([(step + i // num_batches, batch["negteacher_examples"])
+                              for i, batch in enumerate(buffer)])
+        self._ahead_seconds += time.perf_counter() - start
+        own = [buffer.popleft() for _ in range(min(num_batches, len(buffer)))]
+        return super().get_batch_samples(iter(own), num_batches, device)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
+        ahead, self._ahead_seconds = self._ahead_seconds, 0.0  # generated before this micro-batch, for it and later
         self.online.generation_seconds = 0.0
         start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.args.negatives_mode == "online" and self.online.uses_negatives:
-            share = self.online.generation_seconds / (time.perf_counter() - start)
+            share = (ahead + self.online.generation_seconds) / (ahead + time.perf_counter() - start)
             share = self.accelerator.reduce(torch.tensor(share, device=self.accelerator.device), reduction="mean")
             self.log_metric("negatives/generation_time_share", share.item())
         return loss

@@ -1,0 +1,80 @@
+"""Negatives generated ahead: per-prompt draws (`row_sampling`), the same pairs whatever the lookahead, fewer calls."""
+
+import copy
+
+import pytest
+import torch
+from test_trainer import ROWS, config, lora
+
+from hf_negteacher import NegativeTeacherTrainer
+from hf_negteacher.generation import GenerationSettings, generate_negative_ids
+from hf_negteacher.training.config import ConfigError
+
+PROMPTS = [[1, 5, 9], [2, 7], [3, 3, 3, 3, 8], [4], [6, 6, 1]]
+SEEDS = [11, 22, 33, 44, 55]
+
+
+def sampled(model, prompts, seeds, n=2, **settings):
+    values = {"max_new_tokens": 5, "temperature": 1.0, "top_p": 0.95, "batch_size": 5, **settings}
+    return generate_negative_ids(model, prompts, GenerationSettings(**values), seed=0, pad_token_id=0,
+                                 stop_token_ids=[], num_return_sequences=n, prompt_seeds=seeds)
+
+
+@pytest.fixture
+def untiring_llama(tiny_llama):
+    tiny_llama.generation_config.eos_token_id = None  # every answer runs to its full length
+    return tiny_llama
+
+
+def test_a_prompts_samples_depend_on_its_seed_not_on_its_batch(untiring_llama):
+    together = sampled(untiring_llama, PROMPTS, SEEDS)
+    assert sampled(untiring_llama, PROMPTS, SEEDS, batch_size=2) == together  # other batches, other padding
+    assert sampled(untiring_llama, PROMPTS[::-1], SEEDS[::-1])[::-1] == together
+    assert sampled(untiring_llama, PROMPTS[:1], SEEDS[:1]) == together[:1]
+    assert sampled(untiring_llama, PROMPTS, [s + 1 for s in SEEDS]) != together
+    assert all(a != b for a, b in together)  # a prompt's two samples draw apart
+    greedy = generate_negative_ids(untiring_llama, PROMPTS, GenerationSettings(max_new_tokens=5, temperature=0.0),
+                                   seed=0, pad_token_id=0, stop_token_ids=[])
+    assert sampled(untiring_llama, PROMPTS, SEEDS, n=1, top_k=1) == greedy
+
+
+def test_the_draws_follow_the_models_distribution(untiring_llama):
+    prompt, draws = [1, 5, 9], 4000
+    with torch.no_grad():
+        probs = torch.softmax(untiring_llama(input_ids=torch.tensor([prompt])).logits[0, -1] / 0.7, -1)
+    first = sampled(untiring_llama, [prompt] * draws, list(range(draws)), n=1, max_new_tokens=1, temperature=0.7,
+                    top_p=1.0, batch_size=500)
+    counts = torch.bincount(torch.tensor([answer[0][0] for answer in first]), minlength=probs.numel())
+    assert 0.5 * (counts / draws - probs).abs().sum().item() < 0.06  # total variation, sampling noise ~0.03
+
+
+def test_lookahead_writes_the_same_pairs_in_fewer_generate_calls(tiny_chat_model, smol_tokenizer, tmp_path):
+    def run(lookahead, **overrides):
+        values = {"max_steps": 4, "per_device_train_batch_size": 2, "logging_steps": 4, **overrides}
+        args = config(tmp_path / f"{lookahead}-{len(overrides)}", negatives_lookahead=lookahead, **values)
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                         peft_config=lora())
+        written, pairs = [], trainer.online.pairs
+        trainer.online.pairs = lambda examples: written.append(out := pairs(examples)) or out
+        trainer.train()
+        return written, trainer.online.generation_calls, [e for e in trainer.state.log_history if "loss" in e]
+
+    one, one_calls, one_log = run(1)
+    eight, eight_calls, eight_log = run(8)
+    assert one == eight and len(one) == 4 and all(len(batch) == 2 for batch in one)
+    assert (one_calls, eight_calls) == (4, 1)  # 8 prompts in one call of generation_batch_size 16
+    assert 0 < eight_log[-1]["negatives/generation_time_share"] < 1  # generated before the step, still counted
+    accumulated, calls, _ = run(1, max_steps=2, gradient_accumulation_steps=2)
+    assert len(accumulated) == 4 and calls == 2  # one call per optimizer step, not per micro-batch
+
+
+@pytest.mark.parametrize("overrides, reason", [
+    ({"chosen_source": "policy"}, "chosen_source='policy'"),
+    ({"band_max_margin": 1.0}, "band_min_margin / band_max_margin"),
+    ({"negative_source": "in_batch"}, "negative_source='in_batch'"),
+])
+def test_lookahead_is_refused_where_negatives_depend_on_the_policy_or_the_batch(overrides, reason, tiny_chat_model,
+                                                                               smol_tokenizer, tmp_path):
+    with pytest.raises(ConfigError, match=f"negatives_lookahead=4 needs .*{reason}"):
+        NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, negatives_lookahead=4, **overrides), ROWS,
+                               processing_class=smol_tokenizer, peft_config=lora())
