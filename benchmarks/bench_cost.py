@@ -4,16 +4,17 @@ memory of rebuilding the teacher from the policy.
     python benchmarks/bench_cost.py [--parts online memory rebuild] [--steps 8] [--memory-steps 2]
 
 Online overhead (`online`): NegativeTeacherTrainer at the default recipe's settings (NF4 SmolLM2-135M, LoRA r16,
-batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with
-and without dequantizing the teacher once per generate call, and with repeated examples at
-refresh_every 1 and 3 (the share is the mean of the per-step `negatives/generation_time_share`). Memory
-(`memory`): peak resident set size while training, in separate processes (2 steps each): trl.DPOTrainer on the
-4-bit policy alone and NegativeTeacherTrainer with the packed teacher, both on the same cached teacher pairs; the
-packed teacher and a naive full-precision teacher copy generating online. Rebuild (`rebuild`): the peak resident
-memory of rebuilding the teacher from the LoRA policy (what the following teacher and strength feedback do),
-merging each layer as it is read and, as before, every layer at once, beside the packed teacher's own memory and
-one block's fp32 weights. Linux only (/proc/self/status). Run it alone on the machine. Each part's table is
-printed and saved with its setting as a run file `<part>.json` under `--output` (default
+batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with and without
+dequantizing the teacher once per generate call; negatives generated per micro-batch (as before
+`negatives_lookahead`), per optimizer step and 8 steps ahead, at batch 4 and at batch 1 x gradient accumulation 4;
+and with repeated examples at refresh_every 1 and 3 (the share is the mean of the per-step
+`negatives/generation_time_share`). Memory (`memory`): peak resident set size while training, in separate processes
+(2 steps each): trl.DPOTrainer on the 4-bit policy alone and NegativeTeacherTrainer with the packed teacher, both on
+the same cached teacher pairs; the packed teacher and a naive full-precision teacher copy generating online. Rebuild
+(`rebuild`): the peak resident memory of rebuilding the teacher from the LoRA policy (what the following teacher and
+strength feedback do), merging each layer as it is read and, as before, every layer at once, beside the packed
+teacher's own memory and one block's fp32 weights. Linux only (/proc/self/status). Run it alone on the machine. Each
+part's table is printed and saved with its setting as a run file `<part>.json` under `--output` (default
 `benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
 """
 
@@ -209,6 +210,14 @@ def measure_online(steps: int) -> list[dict]:
     settings = {
         "default (each example once), dequantize per forward": dict(rows=rows, teacher_dequantize_once=False),
         "default (each example once), dequantize once per generate": dict(rows=rows, teacher_dequantize_once=True),
+        "default, each micro-batch generating its own (negatives_lookahead 0)": dict(rows=rows, negatives_lookahead=0),
+        "default, 8 steps' negatives per generate call (negatives_lookahead 8)": dict(rows=rows, negatives_lookahead=8),
+        "batch 1 x gradient accumulation 4, per micro-batch (negatives_lookahead 0)": dict(
+            rows=rows, per_device_train_batch_size=1, gradient_accumulation_steps=4, negatives_lookahead=0),
+        "batch 1 x gradient accumulation 4, one call per step (negatives_lookahead 1)": dict(
+            rows=rows, per_device_train_batch_size=1, gradient_accumulation_steps=4),
+        "batch 1 x gradient accumulation 4, negatives_lookahead 8": dict(
+            rows=rows, per_device_train_batch_size=1, gradient_accumulation_steps=4, negatives_lookahead=8),
         "examples seen ~3 times, refresh_every 1": dict(rows=repeated),
         "examples seen ~3 times, refresh_every 3": dict(rows=repeated, refresh_every=3),
     }

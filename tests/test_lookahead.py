@@ -65,7 +65,9 @@ def test_lookahead_writes_the_same_pairs_in_fewer_generate_calls(tiny_chat_model
     assert (one_calls, eight_calls) == (4, 1)  # 8 prompts in one call of generation_batch_size 16
     assert 0 < eight_log[-1]["negatives/generation_time_share"] < 1  # generated before the step, still counted
     accumulated, calls, _ = run(1, max_steps=2, gradient_accumulation_steps=2)
-    assert len(accumulated) == 4 and calls == 2  # one call per optimizer step, not per micro-batch
+    per_micro_batch, micro_calls, _ = run(0, max_steps=2, gradient_accumulation_steps=2)
+    assert accumulated == per_micro_batch and len(accumulated) == 4
+    assert (calls, micro_calls) == (2, 4)  # one call per optimizer step; 0 keeps one per micro-batch
 
 
 @pytest.mark.parametrize("overrides, reason", [

@@ -132,7 +132,8 @@ class NegativeTeacherConfig(DPOConfig):
         "help": "Online, where the negatives depend on neither the policy nor the batch (a fixed teacher or the "
                 "dataset's rejected answers, the reference as chosen, no band): generate them this many optimizer "
                 "steps ahead, in calls of generation_batch_size prompts across micro-batches and steps. Each "
-                "example draws from its own seed, so the pairs are the same whatever the lookahead."})
+                "example draws from its own seed, so the pairs are the same whatever the lookahead. 0: each "
+                "micro-batch generates its own negatives."})
     negatives_max_tries: int = field(default=3, metadata={
         "help": "Online: generate calls per prompt (the first + resamples) to get num_negatives that pass the "
                 "filters; still short after that, filtered candidates fill the gap (logged as "
@@ -188,10 +189,11 @@ class NegativeTeacherConfig(DPOConfig):
         except ValueError as error:
             raise ConfigError(str(error)) from None
         for name in ("num_negatives", "refresh_every", "negatives_max_new_tokens", "generation_batch_size",
-                     "negatives_lookahead",
                      "teacher_token_top_k", "negatives_max_tries", "chosen_num_samples", "chosen_max_new_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.negatives_lookahead < 0:
+            raise ConfigError(f"negatives_lookahead={self.negatives_lookahead} must be >= 0 (0: per micro-batch)")
         if self.chosen_num_samples > 1 and self.negatives_temperature <= 0:
             raise ConfigError(f"chosen_num_samples={self.chosen_num_samples} with negatives_temperature=0 (greedy) "
                               "samples one answer; set negatives_temperature > 0, or chosen_num_samples 1")
