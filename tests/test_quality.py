@@ -104,6 +104,20 @@ def test_two_level_bootstrap_pairs_each_seed_and_lets_one_untrained_run_stand_fo
         seed_row_bootstrap(trained, untrained * 2)
 
 
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_differences_match_metrics_by_name_when_runs_hold_their_row_groups_in_another_order(seeds):
+    # An untrained run backfilled with a later score lists that group last; the trained runs list it first. The
+    # point difference once paired the metrics by position and printed one metric minus another.
+    trained = [{"checkpoint_kl": {"kl_sum": np.full(10, 0.3), "kl_tokens": np.ones(10)},
+                "choice": {"choice_correct": np.r_[np.ones(7), np.zeros(3)]}} for _ in range(seeds)]
+    untrained = [{"choice": {"choice_correct": np.r_[np.ones(5), np.zeros(5)]},
+                  "checkpoint_kl": {"kl_sum": np.full(10, 0.6), "kl_tokens": np.ones(10)}}]
+    result = seed_row_bootstrap(trained, untrained, resamples=200)
+    choice, kl = result["choice_accuracy/builtin"], result["checkpoint_kl/builtin"]
+    assert choice.difference == pytest.approx(0.2) and kl.difference == pytest.approx(-0.3)
+    assert choice.low <= 0.2 <= choice.high and kl.low == pytest.approx(-0.3) == kl.high
+
+
 def test_answer_quality_evaluate_module_loads_offline_by_path(monkeypatch):
     evaluate = pytest.importorskip("evaluate")
     from hf_negteacher.evaluate_metrics import metric_path

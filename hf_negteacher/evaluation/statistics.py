@@ -148,8 +148,7 @@ def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores],
     if len(a_runs) != len(b_runs) or not a_runs:
         raise ValueError(f"{len(a_runs)} runs of A and {len(b_runs)} of B: expected one B run per seed, or one B run")
     a_runs, b_runs = _shared_scores([*a_runs, *b_runs], len(a_runs))
-    per_seed = [{key: float(a[0] - b[0]) for (key, a), b in zip(aggregate(run_a).items(), aggregate(run_b).values(),
-                                                                  strict=True)}
+    per_seed = [{key: float(d[0]) for key, d in _differences(aggregate(run_a), aggregate(run_b)).items()}
                 for run_a, run_b in zip(a_runs, b_runs, strict=True)]
     if len(a_runs) < min_seeds:
         rows_only = paired_bootstrap(_seed_mean(a_runs), _seed_mean(b_runs), resamples=resamples, seed=seed,
@@ -163,8 +162,7 @@ def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores],
     for group in a_runs[0]:
         n = len(next(iter(a_runs[0][group].values())))
         index = rng.integers(0, n, size=(resamples, n))
-        by_seed = [{k: va - vb for (k, va), vb in zip(aggregate({group: a[group]}, index).items(),
-                                                       aggregate({group: b[group]}, index).values(), strict=True)}
+        by_seed = [_differences(aggregate({group: a[group]}, index), aggregate({group: b[group]}, index))
                    for a, b in zip(a_runs, b_runs, strict=True)]
         for key in by_seed[0]:
             total[key] = np.stack([d[key] for d in by_seed])[drawn_seeds, np.arange(resamples)[:, None]].mean(1)
@@ -174,6 +172,12 @@ def seed_row_bootstrap(a_runs: Sequence[RowScores], b_runs: Sequence[RowScores],
     return {key: SeedDifference(point_a[key], point_b[key], float(np.mean([p[key] for p in per_seed])),
                                 float(np.percentile(total[key], tail)), float(np.percentile(total[key], 100 - tail)),
                                 tuple(p[key] for p in per_seed)) for key in per_seed[0]}
+
+
+def _differences(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict:
+    """A - B metric by metric, matched by name: two runs may hold their row groups in different orders (one
+    scored later, or backfilled)."""
+    return {key: a[key] - b[key] for key in a}
 
 
 def _shared_scores(runs: Sequence[RowScores], split: int) -> tuple[list[RowScores], list[RowScores]]:
