@@ -27,6 +27,7 @@ def row_seeds(seeds: Sequence[int], num_return_sequences: int) -> torch.Tensor:
 def hashed_uniform(seeds: torch.Tensor, position: int, tokens: torch.Tensor) -> torch.Tensor:
     """Uniform numbers in (0, 1), one per (seed, token) pair, a function of (seed, position, token) only."""
     a, b, c, d = _MULTIPLIERS
+    position = torch.tensor(position, dtype=torch.long, device=seeds.device)  # multiplied in int64, not Python
     x = seeds * a + position * b + tokens  # int64 arithmetic wraps around, as a hash wants
     x = (x ^ ((x >> 31) & ((1 << 33) - 1))) * c
     x = (x ^ ((x >> 29) & ((1 << 35) - 1))) * d

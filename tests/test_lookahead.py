@@ -31,6 +31,9 @@ def test_a_prompts_samples_depend_on_its_seed_not_on_its_batch(untiring_llama):
     assert sampled(untiring_llama, PROMPTS, SEEDS, batch_size=2) == together  # other batches, other padding
     assert sampled(untiring_llama, PROMPTS[::-1], SEEDS[::-1])[::-1] == together
     assert sampled(untiring_llama, PROMPTS[:1], SEEDS[:1]) == together[:1]
+    long = sampled(untiring_llama, PROMPTS, SEEDS, max_new_tokens=40)  # positions whose hash overflows int64
+    assert long == sampled(untiring_llama, PROMPTS, SEEDS, max_new_tokens=40, batch_size=3)
+    assert all(len(answer) == 40 for answers in long for answer in answers)
     assert sampled(untiring_llama, PROMPTS, [s + 1 for s in SEEDS]) != together
     assert all(a != b for a, b in together)  # a prompt's two samples draw apart
     greedy = generate_negative_ids(untiring_llama, PROMPTS, GenerationSettings(max_new_tokens=5, temperature=0.0),
