@@ -67,10 +67,11 @@ SECTIONS = [
      "answers, which alone lifts the untrained model. Both make the reference words' perplexity worse, and both "
      "move the policy's token distribution on the reference answers further from the checkpoint's, not closer: "
      "what they recover is the checkpoint's answers, not its distribution. On definitions the same recipe hurts. "
-     "Token-level distillation from the checkpoint's logits on the same answers (`checkpoint_kd`) is the one arm "
-     "that closes part of that distance and improves the reference perplexity, but it leaves multiple choice "
-     "where the untrained model has it; QDPO (the policy's own sample as rejected) moves away. Those two ran one "
-     "seed at one budget on validation rows: a first reading, not a verdict.",
+     "Token-level distillation from the checkpoint's logits on the same answers (`checkpoint_kd`, three seeds) is "
+     "the one arm that closes part of that distance, every seed alike, and improves the reference perplexity, but "
+     "its multiple choice is no measurably different from the untrained model's. QDPO (the policy's own sample as "
+     "rejected; two seeds so far) lifts multiple choice about as much as the copy's pairs and leaves the distance "
+     "about where it was. One budget on validation rows, reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band", "po_checkpoint_kd",
       "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
