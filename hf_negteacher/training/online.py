@@ -66,7 +66,7 @@ class OnlinePairs:
         self.trainer = trainer
         self.context = SourceContext(trainer)  # what the sources see of the trainer
         self.cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
-        """example key -> (step generated, the chosen answer, exactly num_negatives negatives)"""
+        """example key -> (the step it trains at, the chosen answer, exactly num_negatives negatives)"""
         self.stats: Counter[str] = Counter()  # this batch's statistics, reduced over processes when logged
         self.generation_seconds = 0.0
         self.generation_calls = 0

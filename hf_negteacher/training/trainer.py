@@ -38,7 +38,6 @@ from .trl_private import keep_trl_loss_types, step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
 
-"""In each checkpoint: the teacher's strength and update steps (`TeacherUpdates.state`)."""
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean_length",
                 "negatives/filtered_fraction", "teacher/reference_ppl")
 
