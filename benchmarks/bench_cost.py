@@ -7,8 +7,8 @@ Online overhead (`online`): NegativeTeacherTrainer at the default recipe's setti
 batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with and without
 dequantizing the teacher once per generate call; negatives generated per micro-batch (as before
 `negatives_lookahead`), per optimizer step and 8 steps ahead, at batch 4 and at batch 1 x gradient accumulation 4;
-and with repeated examples at refresh_every 1 and 3 (the share is the mean of the per-step
-`negatives/generation_time_share`). Memory (`memory`): peak resident set size while training, in separate processes
+and with repeated examples at refresh_every 1 and 3 (the share is the run's total time generating over its
+training time). Memory (`memory`): peak resident set size while training, in separate processes
 (2 steps each): trl.DPOTrainer on the 4-bit policy alone and NegativeTeacherTrainer with the packed teacher, both on
 the same cached teacher pairs; the packed teacher and a naive full-precision teacher copy generating online. Rebuild
 (`rebuild`): the peak resident memory of rebuilding the teacher from the LoRA policy (what the following teacher and
@@ -69,9 +69,7 @@ def online_run(tokenizer, weights, rows, steps: int, **overrides) -> tuple[float
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
-    shares = [entry["negatives/generation_time_share"] for entry in trainer.state.log_history
-              if "negatives/generation_time_share" in entry]
-    return total / steps, sum(shares) / len(shares)
+    return total / steps, trainer.online.generation_seconds / total
 
 
 def memory_case(case: str, steps: int, pairs_file: str) -> None:

@@ -68,7 +68,7 @@ class OnlinePairs:
         self.cache: dict[str, tuple[int, list[int], list[list[int]]]] = {}
         """example key -> (the step it trains at, the chosen answer, exactly num_negatives negatives)"""
         self.stats: Counter[str] = Counter()  # this batch's statistics, reduced over processes when logged
-        self.generation_seconds = 0.0
+        self.generation_seconds = 0.0  # in this run so far (training and evaluation)
         self.generation_calls = 0
         self._counting: tuple[bool, int] = (True, -1)  # (training, step) whose negatives calls are counted
         self.calls_this_step = 0

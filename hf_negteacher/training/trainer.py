@@ -159,7 +159,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.eval_blocks: list[str] = []  # and its text (`evaluation.report.card_block`)
         self.online = OnlinePairs(self)
         self._ahead: tuple[object, collections.deque] = (None, collections.deque())  # (epoch iterator, its batches)
-        self._ahead_seconds = 0.0
+        self._train_started: float | None = None
         if args.negatives_lookahead > 1 and self.online.why_not_ahead():
             raise ConfigError(f"negatives_lookahead={args.negatives_lookahead} needs negatives that depend on neither "
                               f"the policy nor the batch; here: {', '.join(self.online.why_not_ahead())}")
@@ -225,6 +225,8 @@ class NegativeTeacherTrainer(DPOTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """The Trainer's batches for one optimizer step; first, the negatives of this step and of the next
         `negatives_lookahead - 1` (their batches read ahead and kept), generated together (`OnlinePairs.prefetch`)."""
+        if self._train_started is None:
+            self._train_started = time.perf_counter()
         ahead = self.online.lookahead_steps() if self.model.training else 0
         if not ahead:
             return super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -233,22 +235,19 @@ class NegativeTeacherTrainer(DPOTrainer):
             self._ahead = (epoch_iterator, buffer := collections.deque())
         while len(buffer) < num_batches * ahead and (batch := next(epoch_iterator, None)) is not None:
             buffer.append(batch)
-        step, start = self.state.global_step, time.perf_counter()
+        step = self.state.global_step
         self.online.prefetch([(step + i // num_batches, batch["negteacher_examples"])
                               for i, batch in enumerate(buffer)])
-        self._ahead_seconds += time.perf_counter() - start
         own = [buffer.popleft() for _ in range(min(num_batches, len(buffer)))]
         return super().get_batch_samples(iter(own), num_batches, device)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        ahead, self._ahead_seconds = self._ahead_seconds, 0.0  # generated before this micro-batch, for it and later
-        self.online.generation_seconds = 0.0
-        start = time.perf_counter()
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.args.negatives_mode == "online" and self.online.uses_negatives:
-            share = (ahead + self.online.generation_seconds) / (ahead + time.perf_counter() - start)
+            # The running share since training started: generating ahead makes single steps lumpy.
+            share = self.online.generation_seconds / (time.perf_counter() - self._train_started)
             share = self.accelerator.reduce(torch.tensor(share, device=self.accelerator.device), reduction="mean")
-            self.log_metric("negatives/generation_time_share", share.item())
+            self.log_metric("negatives/generation_time_share", share.item(), latest=True)
         return loss
 
     def follow_policy(self) -> None:
