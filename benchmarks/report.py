@@ -226,9 +226,10 @@ def cost(found) -> str:
     """Training minutes of each method against SFT's, from the run files (`train_seconds`)."""
     lines = ["## Cost: training time, memory, generation share", "",
              "Every mode that generates while training costs several times SFT's time. Online, writing the "
-             "negatives takes about half of each step on the 2-core CPU, whatever `refresh_every` (a quarter is the "
-             "aim, not met); the packed copy adds a little peak memory, a full-precision copy two to three times as "
-             "much.", "",
+             "negatives takes over a third of the training time on the 2-core CPU when each step generates its own, "
+             "and about a quarter when eight steps' negatives share each generate call (`negatives_lookahead: 8`, "
+             "the same pairs), at batch 4 and at gradient accumulation 4 alike; `refresh_every` saves little. The "
+             "packed copy adds a little peak memory, a full-precision copy two to three times as much.", "",
              "Minutes to train (mean over seeds) as recorded in each run file, and the ratio to SFT on the same task "
              "and budget. The runs trained two at a time on the 2-core machine with `OMP_NUM_THREADS=1` each, so read "
              "the ratios, not the minutes. The share of a step spent generating negatives and peak memory come from "

@@ -8,7 +8,6 @@ from test_trainer import ROWS, config, lora
 
 from hf_negteacher import NegativeTeacherTrainer
 from hf_negteacher.generation import GenerationSettings, generate_negative_ids
-from hf_negteacher.training.config import ConfigError
 
 PROMPTS = [[1, 5, 9], [2, 7], [3, 3, 3, 3, 8], [4], [6, 6, 1]]
 SEEDS = [11, 22, 33, 44, 55]
@@ -77,9 +76,12 @@ def test_lookahead_writes_the_same_pairs_in_fewer_generate_calls(tiny_chat_model
     ({"chosen_source": "policy"}, "chosen_source='policy'"),
     ({"band_max_margin": 1.0}, "band_min_margin / band_max_margin"),
     ({"negative_source": "in_batch"}, "negative_source='in_batch'"),
+    ({"loss_type": ["sft"]}, "a loss that reads no rejected side"),
 ])
-def test_lookahead_is_refused_where_negatives_depend_on_the_policy_or_the_batch(overrides, reason, tiny_chat_model,
-                                                                               smol_tokenizer, tmp_path):
-    with pytest.raises(ConfigError, match=f"negatives_lookahead=4 needs .*{reason}"):
-        NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, negatives_lookahead=4, **overrides), ROWS,
-                               processing_class=smol_tokenizer, peft_config=lora())
+def test_lookahead_is_off_with_a_warning_where_negatives_depend_on_the_policy_or_the_batch(
+        overrides, reason, tiny_chat_model, smol_tokenizer, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="hf_negteacher.training.trainer"):
+        trainer = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path, negatives_lookahead=4, **overrides), ROWS,
+                                         processing_class=smol_tokenizer, peft_config=lora())
+    assert trainer.online.lookahead_steps() == 0
+    assert "negatives_lookahead=4 has no effect here" in caplog.text and reason in caplog.text

@@ -160,9 +160,10 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.online = OnlinePairs(self)
         self._ahead: tuple[object, collections.deque] = (None, collections.deque())  # (epoch iterator, its batches)
         self._train_started: float | None = None
-        if args.negatives_lookahead > 1 and self.online.why_not_ahead():
-            raise ConfigError(f"negatives_lookahead={args.negatives_lookahead} needs negatives that depend on neither "
-                              f"the policy nor the batch; here: {', '.join(self.online.why_not_ahead())}")
+        if args.negatives_lookahead > 1 and self.online.why_not_ahead():  # e.g. a recipe's setting under an override
+            logger.warning("negatives_lookahead=%d has no effect here: the negatives depend on the policy or the batch "
+                           "(%s); each micro-batch generates its own", args.negatives_lookahead,
+                           ", ".join(self.online.why_not_ahead()))
 
     def _offline_rows(self, rows: list[dict], pairs: list, tokenizer, args: NegativeTeacherConfig, split: str,
                       chosen: OfflineChosen | None) -> list[dict]:
