@@ -70,8 +70,8 @@ SECTIONS = [
      "Token-level distillation from the checkpoint's logits on the same answers (`checkpoint_kd`, three seeds) is "
      "the one arm that closes part of that distance, every seed alike, and improves the reference perplexity, but "
      "its multiple choice is no measurably different from the untrained model's. QDPO (the policy's own sample as "
-     "rejected; two seeds so far) lifts multiple choice about as much as the copy's pairs and leaves the distance "
-     "about where it was. One budget on validation rows, reverse only: a reading, not yet a verdict.",
+     "rejected) lifts multiple choice as much as SFT on the same answers, no measurable difference, and moves the "
+     "distance a little further. One budget on validation rows, reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band", "po_checkpoint_kd",
       "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
