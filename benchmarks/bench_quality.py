@@ -47,6 +47,7 @@ import functools
 import json
 import logging
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,8 @@ import numpy as np
 import torch
 import yaml
 from peft import LoraConfig, PeftModel
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
@@ -71,6 +74,7 @@ from hf_negteacher.generation import GenerationSettings
 from hf_negteacher.models import base_model_info, cache_dir, checkpoint_weights
 from hf_negteacher.teacher.build import build_negative_teacher
 from hf_negteacher.teacher.spec import TeacherConfig
+from hf_negteacher.training.adapter_dtype import KeepsAdapterDtypeOnResume, adapter_in_float32
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_runs import (  # noqa: E402  (the sibling module, run as a script)
@@ -93,6 +97,8 @@ MODELS = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 
 TRAINED_MARKER = "train_seconds.json"
 """Written in an adapter's folder after the adapter: its training finished."""
+SAVE_EVERY = 24
+"""Optimizer steps between the Trainer checkpoints a killed run resumes from (long budgets outlast a session)."""
 CHOICE_ROWS = "bundled:reverse-eval"
 VALIDATION_CHOICE_ROWS = "bundled:reverse-train"
 TEST_CHOICE_ROWS = "bundled:reverse-test"
@@ -136,6 +142,30 @@ def kept_for_scoring(source: str, nf4: bool, adapter: Path):
     return trained_for_scoring(source, nf4, adapter) if saved_training_seconds(adapter) is not None else None
 
 
+class TrainingSeconds(TrainerCallback):
+    """A run's training seconds across resumes: every checkpoint records the seconds spent up to it."""
+
+    def __init__(self, before: float):
+        self.before, self.start = before, time.perf_counter()
+
+    def total(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def on_save(self, args, state, control, **kwargs):
+        atomic_write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / TRAINED_MARKER,
+                          {"train_seconds": self.total()})
+
+
+def saving() -> dict:
+    """The Trainer fields that keep one checkpoint every `SAVE_EVERY` steps."""
+    return dict(save_strategy="steps", save_steps=SAVE_EVERY, save_total_limit=1)
+
+
+def resuming_in_its_dtype(trainer_class: type) -> type:
+    """`trainer_class` resuming its QLoRA adapter in bfloat16, as it trained (`NegativeTeacherTrainer` does)."""
+    return type(trainer_class.__name__, (KeepsAdapterDtypeOnResume, trainer_class), {})
+
+
 def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: Path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -143,9 +173,9 @@ def train_sft(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: 
     pairs = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     args = SFTConfig(output_dir=str(work), max_steps=steps, per_device_train_batch_size=4, learning_rate=2e-4,
                      max_length=128, gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(),
-                     bf16=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4), seed=seed)
-    return SFTTrainer(policy, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer,
-                      peft_config=lora())
+                     bf16=False, report_to=[], logging_steps=max(1, steps // 4), seed=seed, **saving())
+    return resuming_in_its_dtype(SFTTrainer)(policy, args=args, train_dataset=Dataset.from_list(pairs),
+                                             processing_class=tokenizer, peft_config=lora())
 
 
 def train_trl_distill(policy, tokenizer, rows: list[dict], seed: int, steps: int, work: Path, source: str,
@@ -159,17 +189,18 @@ def train_trl_distill(policy, tokenizer, rows: list[dict], seed: int, steps: int
     args = DistillationConfig(output_dir=str(work), max_steps=steps, per_device_train_batch_size=4,
                               learning_rate=2e-4, max_completion_length=max_completion_length,
                               gradient_checkpointing=False, use_cpu=not torch.cuda.is_available(), bf16=False,
-                              report_to=[], save_strategy="no", logging_steps=max(1, steps // 4), seed=seed)
-    return DistillationTrainer(policy, teacher_model=load_policy(source, nf4=False).eval(), args=args,
-                               train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
-                               peft_config=lora())
+                              report_to=[], logging_steps=max(1, steps // 4), seed=seed, **saving())
+    teacher = load_policy(source, nf4=False).eval()
+    return resuming_in_its_dtype(DistillationTrainer)(policy, teacher_model=teacher, args=args,
+                                                      train_dataset=Dataset.from_list(prompts),
+                                                      processing_class=tokenizer, peft_config=lora())
 
 
 def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int, steps: int, teacher: str,
                      weights, work: Path, chosen_max_new_tokens: int | None = None):
     fields = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
-                  gradient_checkpointing=False, report_to=[], save_strategy="no", logging_steps=max(1, steps // 4),
+                  gradient_checkpointing=False, report_to=[], logging_steps=max(1, steps // 4), **saving(),
                   negatives_max_new_tokens=NEGATIVE_SAMPLING.max_new_tokens,
                   negatives_temperature=NEGATIVE_SAMPLING.temperature, teacher=teacher)
     fields |= METHOD_FIELDS.get(method, {})
@@ -184,25 +215,34 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
 
 def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, tokenizer, train_rows: list[dict],
                   steps: int, teacher_spec: str, weights, chosen_max_new_tokens: int | None) -> float:
-    """Train one run's adapter into `work` unless a finished one is there; its training seconds."""
+    """Train one run's adapter into `work` unless a finished one is there, resuming from the last checkpoint a
+    killed run left; its training seconds."""
     seconds = saved_training_seconds(work)
     if seconds is not None:
         logger.info("reusing the adapter trained at %s", work)
         return seconds
     policy = load_policy(source, nf4)
-    if method == "sft":
+    if method in ("sft", "sft_fp32"):
         trainer = train_sft(policy, tokenizer, train_rows, seed, steps, work)
+        if method == "sft_fp32":
+            adapter_in_float32(trainer.model)
     elif method == "trl_distill":
         trainer = train_trl_distill(policy, tokenizer, train_rows, seed, steps, work, source,
                                     chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens)
     else:
         trainer = train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
                                    chosen_max_new_tokens)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+    resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+    if resume is not None:
+        logger.info("resuming the run at %s", resume)
+    clock = TrainingSeconds((saved_training_seconds(Path(resume)) or 0.0) if resume else 0.0)
+    trainer.add_callback(clock)
+    trainer.train(resume_from_checkpoint=resume)
+    seconds = clock.total()
     trainer.save_model(str(work))
     atomic_write_json(work / TRAINED_MARKER, {"train_seconds": seconds})
+    for checkpoint in work.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        shutil.rmtree(checkpoint)
     return seconds
 
 

@@ -43,6 +43,7 @@ TASKS = {"reverse": Task("bundled:reverse-train", "bundled:reverse-eval", "bundl
 run past 32 tokens (the negatives' limit) 92-100% of the time: their chosen side gets 80 (prompt + answer fit in
 `max_length` 128)."""
 METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
+           "sft_fp32": "SFT (trl.SFTTrainer, loss on the answer, float32 LoRA weights)",
            "teacher": "negteacher, the model's calibrated teacher (sigmoid + sft)",
            "int4": "negteacher, int4 teacher (weaker)",
            "self_play": "self-play (the policy's own samples, online)",
@@ -71,7 +72,9 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
                                   "(QDPO)"),
            "trl_distill": ("prompts alone: trl.DistillationTrainer, on-policy (the NF4 policy's samples), reverse "
                            "KL to the unquantized checkpoint")}
-"""Method key -> label (the label also names its result files: a relabelled method never reuses results)."""
+"""Method key -> label (the label also names its result files: a relabelled method never reuses results).
+`sft` trains TRL's QLoRA adapter as TRL casts it, in bfloat16 (with float32 compute here); `sft_fp32` keeps it in
+float32, as every negteacher method does without bf16 compute."""
 PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
 METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
                  "in_batch": {"negative_source": "in_batch"}, "token": {"loss_type": ["sft", "teacher_unlikelihood"]},

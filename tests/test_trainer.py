@@ -271,6 +271,29 @@ def test_resume_from_checkpoint_finishes_like_an_uninterrupted_run(tiny_chat_mod
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
 
 
+def test_a_resumed_qlora_run_keeps_the_bfloat16_adapter_trl_trains(tiny_base_dir, smol_tokenizer, tmp_path):
+    """With bf16 compute TRL trains a 4-bit model's LoRA weights in bfloat16 (QLoRA's GPU recipe); the Trainer's
+    resume (PEFT's `load_adapter`) would upcast them to float32 and go on in another precision."""
+    from hf_negteacher.models import load_causal_lm, nf4_config
+
+    def run(folder, stop=None, resume=None):
+        args = config(folder, max_steps=3, save_strategy="steps", save_steps=1, learning_rate=1e-2, bf16=True)
+        trainer = NegativeTeacherTrainer(load_causal_lm(str(tiny_base_dir), quantization=nf4_config()), args, ROWS,
+                                         processing_class=smol_tokenizer, peft_config=lora())
+        if stop:
+            trainer.add_callback(StopAfter(stop))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "resumed", stop=1)
+    resumed = run(tmp_path / "resumed", resume=True)
+    a, b = adapter_state(whole), adapter_state(resumed)
+    assert {v.dtype for v in a.values()} == {v.dtype for v in b.values()} == {torch.bfloat16} and trained(whole)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"negatives_mode": "sometimes"}, r"negatives_mode='sometimes'; allowed: online, offline"),
     ({"num_negatives": 0}, r"num_negatives=0 must be >= 1"),

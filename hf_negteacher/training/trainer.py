@@ -24,6 +24,7 @@ from ..hub import last_logged_metrics, name_adapter_base, render_model_card
 from ..models import base_model_info, named_as
 from ..teacher.build import build_negative_teacher
 from ..teacher.layer import materialized
+from .adapter_dtype import KeepsAdapterDtypeOnResume, adapter_in_float32
 from .chosen_sources import ChosenSource, check_checkpoint, reads_reference
 from .chosen_sources import chosen_source as chosen_source_named
 from .config import ConfigError, NegativeTeacherConfig
@@ -42,7 +43,7 @@ CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "negatives/mean
                 "negatives/filtered_fraction", "teacher/reference_ppl")
 
 
-class NegativeTeacherTrainer(DPOTrainer):
+class NegativeTeacherTrainer(KeepsAdapterDtypeOnResume, DPOTrainer):
     """DPO where *chosen* is the dataset's reference answer and *rejected* is written by the negative
     teacher: a frozen, packed low-bit copy of the same checkpoint (`build_negative_teacher`).
 
@@ -145,11 +146,7 @@ class NegativeTeacherTrainer(DPOTrainer):
         self.loss_terms = keep_trl_loss_types(self)
         self.chosen_logits = ChosenLogits(policy_causal_lm(self.model)) if self.loss_terms else None
         if not (args.bf16 or args.fp16):
-            # TRL casts a quantized model's LoRA weights to bf16 (QLoRA's GPU recipe). With fp32 compute
-            # that rounds away updates smaller than 1/256 of a weight; keep the adapter in fp32 there.
-            for parameter in self.model.parameters():
-                if parameter.requires_grad and parameter.dtype == torch.bfloat16:
-                    parameter.data = parameter.data.float()
+            adapter_in_float32(self.model)
         self._preference_collator = DataCollatorForPreference(
             pad_token_id=trainer_tokenizer(self).pad_token_id, max_length=args.max_length,
             truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
