@@ -78,6 +78,7 @@ from hf_negteacher.training.adapter_dtype import KeepsAdapterDtypeOnResume, adap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_runs import (  # noqa: E402  (the sibling module, run as a script)
+    FLOAT32_ADAPTER,
     METHOD_FIELDS,
     METHODS,
     NEGATIVES_AT_CHOSEN_LENGTH,
@@ -224,14 +225,14 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
     policy = load_policy(source, nf4)
     if method in ("sft", "sft_fp32"):
         trainer = train_sft(policy, tokenizer, train_rows, seed, steps, work)
-        if method == "sft_fp32":
-            adapter_in_float32(trainer.model)
     elif method == "trl_distill":
         trainer = train_trl_distill(policy, tokenizer, train_rows, seed, steps, work, source,
                                     chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens)
     else:
         trainer = train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
                                    chosen_max_new_tokens)
+    if method in FLOAT32_ADAPTER:
+        adapter_in_float32(trainer.model)
     resume = get_last_checkpoint(str(work)) if work.is_dir() else None
     if resume is not None:
         logger.info("resuming the run at %s", resume)

@@ -71,10 +71,11 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
            "po_checkpoint_qdpo": ("prompts alone: the unquantized checkpoint's best-of-4 vs the policy's own sample "
                                   "(QDPO)"),
            "trl_distill": ("prompts alone: trl.DistillationTrainer, on-policy (the NF4 policy's samples), reverse "
-                           "KL to the unquantized checkpoint")}
+                           "KL to the unquantized checkpoint, float32 LoRA weights")}
 """Method key -> label (the label also names its result files: a relabelled method never reuses results).
-`sft` trains TRL's QLoRA adapter as TRL casts it, in bfloat16 (with float32 compute here); `sft_fp32` keeps it in
-float32, as every negteacher method does without bf16 compute."""
+`sft` trains TRL's QLoRA adapter as TRL casts it, in bfloat16 (with float32 compute here); `FLOAT32_ADAPTER`
+methods keep it in float32, as every negteacher method does without bf16 compute."""
+FLOAT32_ADAPTER = {"sft_fp32", "trl_distill"}
 PROMPT_ONLY = {"chosen_source": "policy", "chosen_num_samples": 4}
 METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "self"},
                  "in_batch": {"negative_source": "in_batch"}, "token": {"loss_type": ["sft", "teacher_unlikelihood"]},
