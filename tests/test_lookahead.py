@@ -85,3 +85,28 @@ def test_lookahead_is_off_with_a_warning_where_negatives_depend_on_the_policy_or
                                          processing_class=smol_tokenizer, peft_config=lora())
     assert trainer.online.lookahead_steps() == 0
     assert "negatives_lookahead=4 has no effect here" in caplog.text and reason in caplog.text
+
+
+def test_resamples_drawn_in_one_call_write_the_pairs_of_one_call_per_try(tiny_chat_model, smol_tokenizer, tmp_path):
+    """Where each example samples from its own seeds, every resample left goes into one call; only the tries an
+    example still needs are read, so the pairs are those of one call per try."""
+    def run(one_call_per_try: bool):
+        args = config(tmp_path / str(one_call_per_try), max_steps=2, per_device_train_batch_size=2, num_negatives=4,
+                      negatives_max_new_tokens=2, negatives_top_k=2, negatives_max_tries=4)
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS, processing_class=smol_tokenizer,
+                                         peft_config=lora())
+        source = trainer.negative_source
+        source.per_example = not one_call_per_try  # per instance: the teacher source itself samples per example
+        calls, candidates = [], source.candidates
+        source.candidates = lambda context, request: calls.append(len(request.prompts)) or candidates(context,
+                                                                                                      request)
+        written, pairs = [], trainer.online.pairs
+        trainer.online.pairs = lambda examples: written.append(out := pairs(examples)) or out
+        trainer.train()
+        return written, calls, dict(trainer.negative_filter.counts)
+
+    tries, try_calls, try_counts = run(one_call_per_try=True)
+    batched, batched_calls, batched_counts = run(one_call_per_try=False)
+    assert len(try_calls) >= 2 * 3  # all 4 distinct answers (2 tokens, top 2): three tries or more a step
+    assert batched == tries and batched_counts == try_counts and try_counts["filtered_duplicate"] > 0
+    assert len(batched_calls) == 4 and batched_calls[1] > try_calls[1]  # two per step: the first, every try left

@@ -135,8 +135,9 @@ class NegativeTeacherConfig(DPOConfig):
                 "example draws from its own seed, so the pairs are the same whatever the lookahead. 0: each "
                 "micro-batch generates its own negatives."})
     negatives_max_tries: int = field(default=3, metadata={
-        "help": "Online: generate calls per prompt (the first + resamples) to get num_negatives that pass the "
-                "filters; still short after that, filtered candidates fill the gap (logged as "
+        "help": "Online: tries per prompt (the first + resamples) to get num_negatives that pass the filters "
+                "(a source that samples each prompt from its own seeds draws every resample in one call); still "
+                "short after that, filtered candidates fill the gap (logged as "
                 "negatives/fallback_fraction). Every prompt always gets exactly num_negatives pairs, so every "
                 "process trains on the same number of pairs."})
     filter_empty: bool = field(default=True, metadata={"help": "Drop empty negatives."})

@@ -196,8 +196,9 @@ class OnlinePairs:
     @torch.no_grad()
     def generate(self, examples: list[dict], keys: list[str], steps: list[int]) -> None:
         """The chosen answer and exactly `num_negatives` negatives per example (for the optimizer step in `steps`)
-        into the cache: filtered candidates are asked for again up to `negatives_max_tries` calls, then filled from
-        the filtered candidates (counted as fallbacks)."""
+        into the cache: filtered candidates are asked for again, up to `negatives_max_tries` tries in all (at most two
+        calls where each example draws from its own seeds), then filled from the filtered candidates (counted as
+        fallbacks)."""
         trainer, args = self.trainer, self.trainer.args
         start = time.perf_counter()
         settings = args.generation_settings()
@@ -216,24 +217,23 @@ class OnlinePairs:
         generated_before, filtered_before = negative_filter.counts["generated"], negative_filter.filtered
         kept: list[list[list[int]]] = [[] for _ in examples]
         candidates: list[list[list[int]]] = [[] for _ in examples]
-        short = list(range(len(examples)))
-        for attempt in range(args.negatives_max_tries):
-            request = SourceRequest(prompts=[prompts[i] for i in short], references=[chosen[i] for i in short],
-                                    n=args.num_negatives, seed=self.next_seed(), settings=settings,
-                                    examples=[examples[i] for i in short],
-                                    example_seeds=self.example_seeds([keys[i] for i in short],
-                                                                     [steps[i] for i in short], attempt))
-            passing = {}
-            for i, new in zip(short, trainer.negative_source.candidates(self.context, request), strict=True):
-                candidates[i] += new
-                passing[i] = negative_filter.apply(new, chosen[i], kept[i])
-            if args.band_min_margin is not None or args.band_max_margin is not None:
-                passing = self._in_band(passing, prompts, chosen, examples)
-            for i, good in passing.items():
-                kept[i] += good
-            short = [i for i in short if len(kept[i]) < args.num_negatives]
-            if not short:
-                break
+        short, attempt = list(range(len(examples))), 0
+        while short and attempt < args.negatives_max_tries:
+            tries = self._next_tries(attempt)
+            drawn = self._draw(examples, keys, steps, short, tries, chosen, settings)
+            for this_try in tries:
+                passing = {}
+                for i in short:
+                    candidates[i] += drawn[i, this_try]
+                    passing[i] = negative_filter.apply(drawn[i, this_try], chosen[i], kept[i])
+                if args.band_min_margin is not None or args.band_max_margin is not None:
+                    passing = self._in_band(passing, prompts, chosen, examples)
+                for i, good in passing.items():
+                    kept[i] += good
+                short = [i for i in short if len(kept[i]) < args.num_negatives]
+                if not short:
+                    break
+            attempt = tries.stop
         if short:
             logger.info("negatives: %d of %d prompts still short after %d tries; filled from filtered candidates",
                         len(short), len(examples), args.negatives_max_tries)
@@ -255,6 +255,26 @@ class OnlinePairs:
             self.stats["reference_logprob"] += sum(score for score, _ in scores)
             self.stats["reference_tokens"] += sum(n for _, n in scores)
         self.generation_seconds += time.perf_counter() - start
+
+    def _next_tries(self, attempt: int) -> range:
+        """The tries one call draws from `attempt` on: the first alone; then, where each example draws from its own
+        seeds, every try left at once for the few examples still short (one call, one prefill), which writes what
+        the tries one by one would have, as only the tries an example still needs are read."""
+        last = self.trainer.args.negatives_max_tries
+        batched = attempt > 0 and getattr(self.trainer.negative_source, "per_example", False)
+        return range(attempt, last if batched else attempt + 1)
+
+    def _draw(self, examples, keys, steps, short, tries: range, chosen, settings) -> dict[tuple[int, int], list]:
+        """The candidates of each example in `short` at each try in `tries`, from one source call."""
+        args = self.trainer.args
+        wanted = [(i, attempt) for attempt in tries for i in short]
+        seeds = {attempt: dict(zip(short, self.example_seeds([keys[i] for i in short], [steps[i] for i in short],
+                                                              attempt), strict=True)) for attempt in tries}
+        request = SourceRequest(prompts=[examples[i]["prompt_ids"] for i, _ in wanted],
+                                references=[chosen[i] for i, _ in wanted], n=args.num_negatives,
+                                seed=self.next_seed(), settings=settings, examples=[examples[i] for i, _ in wanted],
+                                example_seeds=[seeds[attempt][i] for i, attempt in wanted])
+        return dict(zip(wanted, self.trainer.negative_source.candidates(self.context, request), strict=True))
 
     def _logs_this_step(self) -> bool:
         """Whether the step being trained ends in a log line (always in evaluation, and for other logging
