@@ -52,8 +52,9 @@ def unpack_codes(packed: torch.Tensor, bits: int, shape: torch.Size | tuple[int,
         return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(-1)[: rows * cols].reshape(rows, cols)
     shifts = _plane_shifts(packed.device)
     codes = torch.zeros(packed.shape[1] * 8, dtype=torch.uint8, device=packed.device)
-    for b in range(bits):
-        codes |= (((packed[b].unsqueeze(-1) >> shifts) & 1) << b).reshape(-1)
+    for b in range(bits):  # one temporary per plane
+        plane = packed[b].unsqueeze(-1) >> shifts
+        codes |= plane.bitwise_and_(1).bitwise_left_shift_(b).view(-1)
     return codes[: rows * cols].reshape(rows, cols)
 
 

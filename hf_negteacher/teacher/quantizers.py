@@ -81,13 +81,17 @@ def quantize(weight: torch.Tensor, config: TeacherConfig) -> QuantizedWeight:
 def dequantize(
     codes: torch.Tensor, scales: torch.Tensor, offset: int, quantizer: str, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Codes + scales -> float weight of shape `codes.shape`."""
+    """Codes + scales -> float weight of shape `codes.shape`, built in place in one float tensor (this runs at
+    every forward where the teacher is not dequantized once)."""
     out_features, in_features = codes.shape
-    values = codes.to(dtype)
-    values = 2 * values - 1 if quantizer == "binary" else values - offset
+    values = codes.to(dtype)  # a new tensor: codes are uint8
+    if quantizer == "binary":
+        values.mul_(2).sub_(1)
+    else:
+        values.sub_(offset)
     rows, groups = scales.shape
-    grouped = values.reshape(rows, groups, -1) if rows > 1 else values.reshape(1, groups, -1)
-    return (grouped * scales.to(dtype).unsqueeze(-1)).reshape(out_features, in_features)
+    values.view(rows, groups, -1).mul_(scales.to(dtype).unsqueeze(-1))
+    return values
 
 
 def fake_quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
