@@ -24,11 +24,16 @@ def row_seeds(seeds: Sequence[int], num_return_sequences: int) -> torch.Tensor:
                         dtype=torch.long)
 
 
+def _int64(value: int) -> int:
+    """`value` wrapped to int64, as int64 tensor arithmetic wraps."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
 def hashed_uniform(seeds: torch.Tensor, position: int, tokens: torch.Tensor) -> torch.Tensor:
-    """Uniform numbers in (0, 1), one per (seed, token) pair, a function of (seed, position, token) only."""
+    """Uniform numbers in (0, 1), one per (seed, token) pair (broadcast), a function of (seed, position, token)
+    only."""
     a, b, c, d = _MULTIPLIERS
-    position = torch.tensor(position, dtype=torch.long, device=seeds.device)  # multiplied in int64, not Python
-    x = seeds * a + position * b + tokens  # int64 arithmetic wraps around, as a hash wants
+    x = seeds * a + _int64(position * b) + tokens  # int64 arithmetic wraps around, as a hash wants
     x = (x ^ ((x >> 31) & ((1 << 33) - 1))) * c
     x = (x ^ ((x >> 29) & ((1 << 35) - 1))) * d
     x = x ^ ((x >> 32) & ((1 << 32) - 1))
@@ -41,6 +46,7 @@ class RowSeededSampling(LogitsProcessor):
 
     def __init__(self, seeds: torch.Tensor, prompt_length: int, temperature: float, top_k: int, top_p: float):
         self.seeds, self.prompt_length = seeds, prompt_length
+        self._device_seeds: torch.Tensor | None = None
         self.warpers = [TemperatureLogitsWarper(temperature)]
         if top_k:
             self.warpers.append(TopKLogitsWarper(top_k))
@@ -51,9 +57,21 @@ class RowSeededSampling(LogitsProcessor):
         scores = scores.float()
         for warper in self.warpers:
             scores = warper(input_ids, scores)
-        rows, tokens = torch.isfinite(scores).nonzero(as_tuple=True)
-        seeds = self.seeds.to(scores.device)[rows]
-        uniform = hashed_uniform(seeds, input_ids.shape[1] - self.prompt_length, tokens)
-        drawn = torch.full_like(scores, -float("inf"))
-        drawn[rows, tokens] = scores[rows, tokens] - torch.log(-torch.log(uniform)).to(scores.dtype)
-        return drawn
+        if self._device_seeds is None or self._device_seeds.device != scores.device:
+            self._device_seeds = self.seeds.to(scores.device)  # once per call, not at every token
+        return with_gumbel_noise(scores, self._device_seeds, input_ids.shape[1] - self.prompt_length,
+                                 sparse=scores.device.type == "cpu")
+
+
+def with_gumbel_noise(scores: torch.Tensor, seeds: torch.Tensor, position: int, sparse: bool) -> torch.Tensor:
+    """`scores` plus each row's Gumbel noise at `position` (-inf stays -inf). `sparse` hashes only the finite
+    scores (what top-k / top-p keep: on the CPU, far less work than the vocabulary); dense hashes every token and
+    never waits on the device (finding the finite scores would, at every token). Both give the same values."""
+    if not sparse:
+        tokens = torch.arange(scores.shape[-1], device=scores.device)
+        return scores - torch.log(-torch.log(hashed_uniform(seeds[:, None], position, tokens))).to(scores.dtype)
+    rows, tokens = torch.isfinite(scores).nonzero(as_tuple=True)
+    uniform = hashed_uniform(seeds[rows], position, tokens)
+    drawn = torch.full_like(scores, -float("inf"))
+    drawn[rows, tokens] = scores[rows, tokens] - torch.log(-torch.log(uniform)).to(scores.dtype)
+    return drawn

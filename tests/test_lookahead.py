@@ -40,6 +40,20 @@ def test_a_prompts_samples_depend_on_its_seed_not_on_its_batch(untiring_llama):
     assert sampled(untiring_llama, PROMPTS, SEEDS, n=1, top_k=1) == greedy
 
 
+def test_the_dense_noise_a_gpu_adds_equals_the_sparse_noise_over_the_kept_tokens():
+    """On a GPU every token is hashed (no host sync to find the kept ones); the values must be the CPU's."""
+    from hf_negteacher.row_sampling import with_gumbel_noise
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 50)
+    scores[scores < 0.3] = -float("inf")  # what top-k / top-p leave
+    seeds = torch.tensor([11, 2**40 - 5, 123_456_789_000])
+    for position in (0, 3, 40, 10**6):  # hashes that overflow int64
+        sparse = with_gumbel_noise(scores, seeds, position, sparse=True)
+        assert torch.equal(with_gumbel_noise(scores, seeds, position, sparse=False), sparse)
+        assert torch.equal(torch.isfinite(sparse), torch.isfinite(scores))
+
+
 def test_the_draws_follow_the_models_distribution(untiring_llama):
     prompt, draws = [1, 5, 9], 4000
     with torch.no_grad():
