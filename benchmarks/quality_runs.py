@@ -66,6 +66,8 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
                                    "(sigmoid_norm, beta 5)"),
            "po_checkpoint_band": ("prompts alone: the unquantized checkpoint's best-of-4 vs the teacher, "
                                   "pairs in the band (margin <= 1)"),
+           "po_checkpoint_near": ("prompts alone: the unquantized checkpoint's best-of-4 vs an int4 copy (a near miss, "
+                                  "not the calibrated teacher)"),
            "po_checkpoint_kd": ("prompts alone: distillation from the unquantized checkpoint's next-token "
                                 "distribution on its best-of-4 answers (forward KL)"),
            "po_checkpoint_qdpo": ("prompts alone: the unquantized checkpoint's best-of-4 vs the policy's own sample "
@@ -93,6 +95,7 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
                  "po_checkpoint_delta": {**PROMPT_ONLY, "chosen_source": "checkpoint", "loss_type": ["sigmoid_norm"],
                                          "beta": 5.0},
                  "po_checkpoint_band": {**PROMPT_ONLY, "chosen_source": "checkpoint", "band_max_margin": 1.0},
+                 "po_checkpoint_near": {**PROMPT_ONLY, "chosen_source": "checkpoint", "teacher": "int4"},
                  "po_checkpoint_kd": {**PROMPT_ONLY, "chosen_source": "checkpoint",
                                       "loss_type": ["sft", "checkpoint_kd"], "loss_weights": [0.0, 1.0]},
                  "po_checkpoint_qdpo": {**PROMPT_ONLY, "chosen_source": "checkpoint", "negative_source": "self"}}
