@@ -1,9 +1,10 @@
 """The GPU check: one command that shows, on one GPU with no network, whether the teacher is right and fast there.
 
 Random weights at real shapes (nothing large travels): SmolLM2-135M for the logits of every quantizer on the GPU
-against the CPU and for 10 online training steps against `trl.DPOTrainer` on cached pairs; Llama-3.2-1B for the
-teacher's speed against the bf16 model (dequantizing per forward and once per generate call); one Llama-3.1-8B
-block for the packed teacher's memory, scaled to 32 blocks. Writes one markdown table per part to `--out`.
+against the CPU, for per-row seeded sampling against the CPU and for 10 online training steps against
+`trl.DPOTrainer` on cached pairs; Llama-3.2-1B for the teacher's speed against the bf16 model (dequantizing per
+forward and once per generate call); one Llama-3.1-8B block for the packed teacher's memory, scaled to 32 blocks.
+Writes one markdown table per part to `--out`.
 
 On the GPU machine (torch, transformers, peft and accelerate installed; TRL, bitsandbytes and the network absent),
 carry TRL's wheel (pure Python, 0.9 MB) and SmolLM2's tokenizer (3.4 MB) in the working tree; if
@@ -74,6 +75,26 @@ def logits_agreement(shape: dict, vocab_size: int, device: str) -> list[list[str
         agree = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
         rows.append([quantizer, f"{error:.1e}", f"{agree:.1%}"])
     return rows
+
+
+def sampling_agreement(shape: dict, vocab_size: int, device: str) -> list[list[str]]:
+    """Per-row seeded sampling (what lookahead relies on) on `device` against the CPU: on a GPU every token's noise
+    is hashed (no host sync), on the CPU only the kept tokens'. Answers differ only where the devices' logits differ
+    enough to change a draw."""
+    model = random_model(shape, vocab_size, torch.float32)
+    model.generation_config.eos_token_id = None  # random weights: run every answer to its full length
+    prompts = torch.randint(1, vocab_size, (8, 16), generator=torch.Generator().manual_seed(1)).tolist()
+    settings = GenerationSettings(max_new_tokens=16, temperature=0.7, top_p=0.95, batch_size=8)
+
+    def answers(on):
+        return generate_negative_ids(on, prompts, settings, seed=0, pad_token_id=0, stop_token_ids=[],
+                                     num_return_sequences=2, synced_gpus=False, prompt_seeds=list(range(8)))
+
+    expected, got = answers(model), answers(copy.deepcopy(model).to(device))
+    pairs = [(a, b) for x, y in zip(expected, got, strict=True) for a, b in zip(x, y, strict=True)]
+    same_tokens = sum(sum(u == v for u, v in zip(a, b, strict=True)) for a, b in pairs)
+    return [[f"{len(pairs)} answers of 16 tokens, temperature 0.7, top-p 0.95",
+             f"{sum(a == b for a, b in pairs)}/{len(pairs)}", f"{same_tokens / sum(len(a) for a, _ in pairs):.1%}"]]
 
 
 def tokens_per_second(model, prompts: list[list[int]], new_tokens: int, device: str) -> float:
@@ -205,6 +226,9 @@ def main(argv: list[str] | None = None) -> str:
     parts.append(table(f"Teacher logits on {args.device} against the CPU ({names[0]} shape, fp32)",
                        ["quantizer", "max |difference| / max |logit|", "same top-1 token"],
                        logits_agreement(small, vocab if args.tiny else 49_152, args.device)))
+    parts.append(table(f"Per-row seeded sampling on {args.device} against the CPU ({names[0]} shape, fp32)",
+                       ["drawn", "identical answers", "identical tokens"],
+                       sampling_agreement(small, vocab if args.tiny else 49_152, args.device)))
     batch, new_tokens = (2, 4) if args.tiny else (16, 64)
     parts.append(table(f"Greedy tokens per second, batch {batch}, {new_tokens} new tokens ({names[1]} shape)",
                        ["model", "tokens/s", "ratio"], speed(fast, vocab, args.device, batch, new_tokens)))

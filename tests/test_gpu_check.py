@@ -15,10 +15,11 @@ def test_the_gpu_check_runs_every_part_at_tiny_shapes_on_the_cpu(tmp_path, monke
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     text = main(["--tiny", "--device", "cpu", "--steps", "2", "--out", str(tmp_path / "check.md")])
-    assert (tmp_path / "check.md").read_text() == text and text.count("\n### ") == 4
+    assert (tmp_path / "check.md").read_text() == text and text.count("\n### ") == 5
     agreement = re.findall(r"^\| (ternary|binary|int2|int3|int4) \| (\S+) \| (\S+) \|$", text, re.M)
     assert [q for q, _, _ in agreement] == ["ternary", "binary", "int2", "int3", "int4"]
     assert all(float(error) == 0.0 and agree == "100.0%" for _, error, agree in agreement)  # CPU against itself
+    assert re.search(r"^\| 16 answers of 16 tokens[^|]+\| 16/16 \| 100\.0% \|$", text, re.M)  # CPU against itself
     speeds = re.findall(r"^\| (the model \([^)]+\)|teacher int3, [^|]+) \| (\d+) \| ([\d.]+)x \|$", text, re.M)
     assert len(speeds) == 3 and all(int(tokens) > 0 for _, tokens, _ in speeds) and speeds[0][2] == "1.00"
     memory = re.search(r"^\| 2 blocks, teacher int3 \(codes \+ scales\) \| [\d.]+ \| ([\d.]+)x \|$", text, re.M)
