@@ -51,7 +51,7 @@ SECTIONS = [
      "several times slower. The following teacher, strength by feedback and the band make no difference from the "
      "fixed teacher on validation rows. Runs with references at 48 steps and on the reverse dictionary have no run "
      "file and are not reported.",
-     ("sft", "teacher", "int4", "self_play", "in_batch", "token", "follow", "band", "strength"), "sft"),
+     ("sft", "sft_fp32", "teacher", "int4", "self_play", "in_batch", "token", "follow", "band", "strength"), "sft"),
     ("Prompts alone: the policy's own answers as chosen",
      "Do not train on prompts alone without a better source of chosen answers. With the policy's own best-of-4 "
      "answers as chosen, every setting ties or falls below the untrained model, on both tasks at both budgets, "
@@ -72,8 +72,8 @@ SECTIONS = [
      "its multiple choice is no measurably different from the untrained model's. QDPO (the policy's own sample as "
      "rejected) lifts multiple choice as much as SFT on the same answers, no measurable difference, and moves the "
      "distance a little further. One budget on validation rows, reverse only: a reading, not yet a verdict.",
-     ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_delta", "po_checkpoint_band", "po_checkpoint_kd",
-      "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
+     ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
+      "po_checkpoint_kd", "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
 """Each question, its one-paragraph answer, the methods that answer it, and the control every other method is set
 against. The answers carry no figures: those are in the tables, regenerated."""
