@@ -73,7 +73,8 @@ SECTIONS = [
      "the one arm that closes part of that distance, every seed alike, and improves the reference perplexity, but "
      "its multiple choice is no measurably different from the untrained model's. QDPO (the policy's own sample as "
      "rejected) lifts multiple choice as much as SFT on the same answers, no measurable difference, and moves the "
-     "distance a little further. One budget on validation rows, reverse only: a reading, not yet a verdict.",
+     "distance a little further. Distillation is still improving at 96 and 192 steps (one seed each), so the "
+     "arms' comparison at 48 steps sells it short. Validation rows, reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
 ]
