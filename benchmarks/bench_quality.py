@@ -34,7 +34,8 @@ greedy answers are saved under `--output` (default `benchmarks/runs/bench_qualit
 and other machines add seeds to the same pool instead of training it again) and reused when the script runs
 again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
 `runs/bench_quality/adapters`, not committed), one per method, steps, seed and precision whichever split
-scores it: scoring a setting on the other split reuses its adapter. The tables are written to `quality.md`
+scores it: scoring a setting on the other split reuses its adapter; beside them, the checkpoint's chosen answers,
+which the recovery runs of one task and seed share (`checkpoint_answers.py`). The tables are written to `quality.md`
 under `--output` and printed; `report.py` reprints them from the run files without a model. `--validation N`
 scores the training split's last N rows instead (never trained on). `--train_only` trains the adapters and scores
 nothing; `--backfill` adds content-seeing rows to run files that predate them.
@@ -51,6 +52,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -77,7 +79,8 @@ from hf_negteacher.teacher.spec import TeacherConfig
 from hf_negteacher.training.adapter_dtype import KeepsAdapterDtypeOnResume, adapter_in_float32
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality_runs import (  # noqa: E402  (the sibling module, run as a script)
+from checkpoint_answers import CachedCheckpointSource  # noqa: E402  (sibling modules, run as a script)
+from quality_runs import (  # noqa: E402
     FLOAT32_ADAPTER,
     METHOD_FIELDS,
     METHODS,
@@ -144,13 +147,14 @@ def kept_for_scoring(source: str, nf4: bool, adapter: Path):
 
 
 class TrainingSeconds(TrainerCallback):
-    """A run's training seconds across resumes: every checkpoint records the seconds spent up to it."""
+    """A run's training seconds across resumes: every checkpoint records the seconds spent up to it, counting
+    `credited()`, the seconds another run spent on the checkpoint answers this one read from disk."""
 
-    def __init__(self, before: float):
-        self.before, self.start = before, time.perf_counter()
+    def __init__(self, before: float, credited: Callable[[], float] = lambda: 0.0):
+        self.before, self.start, self.credited = before, time.perf_counter(), credited
 
     def total(self) -> float:
-        return self.before + time.perf_counter() - self.start
+        return self.before + time.perf_counter() - self.start + self.credited()
 
     def on_save(self, args, state, control, **kwargs):
         atomic_write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / TRAINED_MARKER,
@@ -198,7 +202,9 @@ def train_trl_distill(policy, tokenizer, rows: list[dict], seed: int, steps: int
 
 
 def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int, steps: int, teacher: str,
-                     weights, work: Path, chosen_max_new_tokens: int | None = None):
+                     weights, work: Path, chosen_max_new_tokens: int | None = None, answers: Path | None = None):
+    """`answers`: where the checkpoint's chosen answers are kept for the runs of other methods (see
+    `checkpoint_answers`); None generates them all."""
     fields = dict(output_dir=str(work), use_cpu=not torch.cuda.is_available(), seed=seed, max_steps=steps,
                   per_device_train_batch_size=4, learning_rate=2e-4, beta=0.1, max_length=128,
                   gradient_checkpointing=False, report_to=[], logging_steps=max(1, steps // 4), **saving(),
@@ -210,14 +216,17 @@ def train_negteacher(method: str, policy, tokenizer, rows: list[dict], seed: int
         fields["chosen_max_new_tokens"] = chosen_max_new_tokens
     if method in NEGATIVES_AT_CHOSEN_LENGTH and chosen_max_new_tokens is not None:
         fields["negatives_max_new_tokens"] = chosen_max_new_tokens
+    cached = answers is not None and fields.get("chosen_source") == "checkpoint"
     return NegativeTeacherTrainer(policy, NegativeTeacherConfig(**fields), rows, processing_class=tokenizer,
-                                  peft_config=lora(), teacher_weights=weights)
+                                  peft_config=lora(), teacher_weights=weights,
+                                  chosen_source=CachedCheckpointSource(answers) if cached else None)
 
 
 def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, tokenizer, train_rows: list[dict],
-                  steps: int, teacher_spec: str, weights, chosen_max_new_tokens: int | None) -> float:
+                  steps: int, teacher_spec: str, weights, chosen_max_new_tokens: int | None,
+                  answers: Path | None = None) -> float:
     """Train one run's adapter into `work` unless a finished one is there, resuming from the last checkpoint a
-    killed run left; its training seconds."""
+    killed run left; its training seconds. `answers`: see `train_negteacher`."""
     seconds = saved_training_seconds(work)
     if seconds is not None:
         logger.info("reusing the adapter trained at %s", work)
@@ -230,13 +239,15 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
                                     chosen_max_new_tokens or NEGATIVE_SAMPLING.max_new_tokens)
     else:
         trainer = train_negteacher(method, policy, tokenizer, train_rows, seed, steps, teacher_spec, weights, work,
-                                   chosen_max_new_tokens)
+                                   chosen_max_new_tokens, answers)
     if method in FLOAT32_ADAPTER:
         adapter_in_float32(trainer.model)
     resume = get_last_checkpoint(str(work)) if work.is_dir() else None
     if resume is not None:
         logger.info("resuming the run at %s", resume)
-    clock = TrainingSeconds((saved_training_seconds(Path(resume)) or 0.0) if resume else 0.0)
+    chosen_source = getattr(trainer, "chosen_source", None)
+    clock = TrainingSeconds((saved_training_seconds(Path(resume)) or 0.0) if resume else 0.0,
+                            lambda: getattr(chosen_source, "seconds_read", 0.0))
     trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=resume)
     seconds = clock.total()
@@ -329,6 +340,11 @@ def split_kind(args) -> str:
     return "sealed test" if args.final else "validation"
 
 
+def answers_dir(args) -> Path:
+    """Where the checkpoint's chosen answers are kept for every recovery run (`checkpoint_answers`)."""
+    return Path(args.adapters) / "checkpoint_answers"
+
+
 def adapter_dir(args, model_key: str, task_key: str, method: str, seed: int, nf4: bool) -> Path:
     return Path(args.adapters) / model_key / task_key / run_name(method, args.steps, seed, nf4,
                                                                   TASKS[task_key].chosen_max_new_tokens)
@@ -345,7 +361,7 @@ def train_only(model_key: str, task_key: str, args) -> None:
         for seed in args.seeds:
             train_adapter(method, seed, adapter_dir(args, model_key, task_key, method, seed, not args.fp32), source,
                           not args.fp32, tokenizer, train_rows, args.steps, teacher_spec, weights,
-                          task.chosen_max_new_tokens)
+                          task.chosen_max_new_tokens, answers_dir(args))
 
 
 def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str], float]:
@@ -411,7 +427,7 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             if not result_file.is_file():
                 work = adapter_dir(args, model_key, task_key, method, seed, nf4)
                 seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
-                                        teacher_spec, weights, task.chosen_max_new_tokens)
+                                        teacher_spec, weights, task.chosen_max_new_tokens, answers_dir(args))
                 model = trained_for_scoring(source, nf4, work)
                 atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives, checkpoint),
                                                 "train_seconds": seconds, **sealed})

@@ -146,17 +146,12 @@ def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_para
 
 def test_strength_feedback_resumed_from_a_checkpoint_continues_as_the_uninterrupted_run(tiny_chat_model,
                                                                                        smol_tokenizer, tmp_path):
-    from test_trainer import StopAfter, adapter_state
+    from test_trainer import adapter_state, train_stopped_or_resumed
 
     def run(folder, stop=None, resume=None):
         args = config(folder, max_steps=4, teacher_strength_target=0.5, teacher_adjust_every=1, learning_rate=1e-2,
                       save_strategy="steps", save_steps=2)
-        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), args, ROWS * 4,
-                                         processing_class=smol_tokenizer, peft_config=lora())
-        if stop:
-            trainer.add_callback(StopAfter(stop))
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer
+        return train_stopped_or_resumed(copy.deepcopy(tiny_chat_model), args, ROWS * 4, smol_tokenizer, stop, resume)
 
     whole = run(tmp_path / "whole")
     run(tmp_path / "resumed", stop=2)

@@ -1,5 +1,6 @@
 """The quality benchmark's training: a run killed between checkpoints resumes to the adapter of an unbroken run."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -45,3 +46,31 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_unbroken_runs_adapter(t
     assert unbroken.keys() == resumed.keys() and any(t.abs().sum() > 0 for k, t in unbroken.items() if "lora_B" in k)
     for name, weight in unbroken.items():
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6)
+
+
+def test_recovery_runs_that_read_the_checkpoints_answers_from_disk_train_as_runs_that_generate_them(
+        tiny_base_dir, smol_tokenizer, tmp_path, monkeypatch):
+    from hf_negteacher.training import chosen_sources
+
+    def train_recovery(work: Path, answers: Path | None) -> float:
+        return bench_quality.train_adapter("po_checkpoint_distill", 0, work, str(tiny_base_dir), True, smol_tokenizer,
+                                           load_rows("bundled:reverse-train")[:8], 2, "int4", None, 8, answers)
+
+    train_recovery(tmp_path / "generating", None)
+    train_recovery(tmp_path / "writing", tmp_path / "answers")
+    assert len(list((tmp_path / "answers").glob("*.json"))) == 2  # one chosen-answer request per step
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the checkpoint generated an answer that was on disk")
+
+    monkeypatch.setattr(chosen_sources, "model_answers", no_generation)
+    reading_seconds = train_recovery(tmp_path / "reading", tmp_path / "answers")
+    written = [json.loads(path.read_text())["seconds"] for path in (tmp_path / "answers").glob("*.json")]
+    assert reading_seconds > sum(written) > 0  # credited what the writer spent on the answers
+    generated = load_file(tmp_path / "generating" / "adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for k, t in generated.items() if "lora_B" in k)
+    for run in ("writing", "reading"):
+        adapter = load_file(tmp_path / run / "adapter_model.safetensors")
+        assert adapter.keys() == generated.keys()
+        for name, weight in generated.items():
+            torch.testing.assert_close(adapter[name], weight, rtol=0, atol=0)

@@ -247,23 +247,25 @@ class StopAfter(TrainerCallback):
         control.should_training_stop = state.global_step >= self.step
 
 
+def train_stopped_or_resumed(model, args, rows, tokenizer, stop=None, resume=None) -> NegativeTeacherTrainer:
+    """A run on `rows` stopped after step `stop` (killed right after its checkpoint) or resumed from `resume`."""
+    trainer = NegativeTeacherTrainer(model, args, rows, processing_class=tokenizer, peft_config=lora())
+    if stop:
+        trainer.add_callback(StopAfter(stop))
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
 def test_resume_from_checkpoint_finishes_like_an_uninterrupted_run(tiny_chat_model, smol_tokenizer, tmp_path):
-    model_b = copy.deepcopy(tiny_chat_model)
-    whole = NegativeTeacherTrainer(tiny_chat_model, config(tmp_path / "whole", max_steps=4, save_strategy="steps",
-                                                           save_steps=2), ROWS, processing_class=smol_tokenizer,
-                                   peft_config=lora())
-    whole.train()
-    interrupted_dir = tmp_path / "resumed"
-    first = NegativeTeacherTrainer(copy.deepcopy(model_b), config(interrupted_dir, max_steps=4, save_strategy="steps",
-                                                                  save_steps=2), ROWS,
-                                   processing_class=smol_tokenizer, peft_config=lora())
-    first.add_callback(StopAfter(2))  # "killed" right after the checkpoint at step 2
-    first.train()
+    def run(folder, stop=None, resume=None):
+        args = config(folder, max_steps=4, save_strategy="steps", save_steps=2)
+        return train_stopped_or_resumed(copy.deepcopy(tiny_chat_model), args, ROWS, smol_tokenizer, stop, resume)
+
+    whole = run(tmp_path / "whole")
+    first = run(tmp_path / "resumed", stop=2)
     assert first.state.global_step == 2
-    assert (interrupted_dir / "checkpoint-2" / "adapter_model.safetensors").is_file()
-    resumed = NegativeTeacherTrainer(model_b, config(interrupted_dir, max_steps=4, save_strategy="steps", save_steps=2),
-                                     ROWS, processing_class=smol_tokenizer, peft_config=lora())
-    resumed.train(resume_from_checkpoint=str(interrupted_dir / "checkpoint-2"))
+    assert (tmp_path / "resumed" / "checkpoint-2" / "adapter_model.safetensors").is_file()
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "resumed" / "checkpoint-2"))
     assert resumed.state.global_step == 4
     a, b = adapter_state(whole), adapter_state(resumed)
     assert a.keys() == b.keys() and trained(whole)
@@ -278,12 +280,8 @@ def test_a_resumed_qlora_run_keeps_the_bfloat16_adapter_trl_trains(tiny_base_dir
 
     def run(folder, stop=None, resume=None):
         args = config(folder, max_steps=3, save_strategy="steps", save_steps=1, learning_rate=1e-2, bf16=True)
-        trainer = NegativeTeacherTrainer(load_causal_lm(str(tiny_base_dir), quantization=nf4_config()), args, ROWS,
-                                         processing_class=smol_tokenizer, peft_config=lora())
-        if stop:
-            trainer.add_callback(StopAfter(stop))
-        trainer.train(resume_from_checkpoint=resume)
-        return trainer
+        return train_stopped_or_resumed(load_causal_lm(str(tiny_base_dir), quantization=nf4_config()), args, ROWS,
+                                        smol_tokenizer, stop, resume)
 
     whole = run(tmp_path / "whole")
     run(tmp_path / "resumed", stop=1)

@@ -70,10 +70,14 @@ class PolicySource:
 
     def answers_of(self, model, context: SourceContext, request: SourceRequest) -> list[list[int]]:
         """`model`'s chosen answers to `request`, counted in the batch's `chosen/` statistics."""
-        picked = model_answers(model, context.tokenizer, request.prompts, request.settings,
-                               seed=request.seed, num_samples=context.args.chosen_num_samples)
+        picked = self.picked_answers(model, context, request)
         context.count_chosen([ids for ids, _ in picked], [complete for _, complete in picked])
         return [ids for ids, _ in picked]
+
+    def picked_answers(self, model, context: SourceContext, request: SourceRequest) -> list[tuple[list[int], bool]]:
+        """Per prompt of `request`, `model`'s answer and whether it is complete (`model_answers`)."""
+        return model_answers(model, context.tokenizer, request.prompts, request.settings,
+                             seed=request.seed, num_samples=context.args.chosen_num_samples)
 
 
 class CheckpointSource(PolicySource):
