@@ -1,7 +1,7 @@
 """What the negative teacher costs: online generation overhead, peak memory of the training process, and the
 memory of rebuilding the teacher from the policy.
 
-    python benchmarks/bench_cost.py [--parts online memory rebuild] [--steps 8] [--memory-steps 2]
+    python benchmarks/bench_cost.py [--parts online memory rebuild recovery] [--steps 8] [--memory-steps 2]
 
 Online overhead (`online`): NegativeTeacherTrainer at the default recipe's settings (NF4 SmolLM2-135M, LoRA r16,
 batch 4, int3 teacher on blocks 0-14, 32-token negatives), the share of step time spent generating, with and without
@@ -13,15 +13,19 @@ training time). Memory (`memory`): peak resident set size while training, in sep
 the same cached teacher pairs; the packed teacher and a naive full-precision teacher copy generating online. Rebuild
 (`rebuild`): the peak resident memory of rebuilding the teacher from the LoRA policy (what the following teacher and
 strength feedback do), merging each layer as it is read and, as before, every layer at once, beside the packed
-teacher's own memory and one block's fp32 weights. Linux only (/proc/self/status). Run it alone on the machine. Each
-part's table is printed and saved with its setting as a run file `<part>.json` under `--output` (default
-`benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
+teacher's own memory and one block's fp32 weights. Recovery (`recovery`): a step of `recover.yaml`'s setting (prompts
+alone, SFT on the unquantized checkpoint's best-of-4 answers) writing those answers, then reading them back from
+disk (`checkpoint_answers.py`, as the quality benchmark's runs share them), with TRL's reference forward and without
+it (shipped: `loss_type: [sft]` reads no reference), alternating. Linux only (/proc/self/status). Run it alone on
+the machine. Each part's table is printed and saved with its setting as a run file `<part>.json` under `--output`
+(default `benchmarks/runs/bench_cost/`, committed), which `report.py` reprints.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 import subprocess
 import sys
@@ -34,11 +38,12 @@ from peft import LoraConfig
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json
-from hf_negteacher.data.rows import load_jsonl, load_rows
+from hf_negteacher.data.rows import load_jsonl, load_rows, without_reference
 from hf_negteacher.models import DEFAULT_MODEL, checkpoint_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import cost_table  # noqa: E402  (the sibling module, run as a script)
+from checkpoint_answers import CachedCheckpointSource  # noqa: E402  (sibling modules, run as a script)
+from report import cost_table  # noqa: E402
 
 COMMON = dict(use_cpu=True, bf16=False, per_device_train_batch_size=4, max_length=128, gradient_checkpointing=False,
               learning_rate=2e-4, report_to=[], save_strategy="no", logging_steps=1, seed=0,
@@ -60,12 +65,17 @@ def lora() -> LoraConfig:
     return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear")
 
 
-def online_run(tokenizer, weights, rows, steps: int, **overrides) -> tuple[float, float]:
-    """(seconds per step, share of training time spent generating negatives)."""
+def online_run(tokenizer, weights, rows, steps: int, chosen=None, reference_forward: bool = False,
+               **overrides) -> tuple[float, float]:
+    """(seconds per step, share of training time spent generating: negatives, and chosen answers where the chosen
+    source `chosen` writes them). `reference_forward`: run TRL's reference forward even where no loss reads it."""
     with tempfile.TemporaryDirectory() as work:
         args = NegativeTeacherConfig(output_dir=work, max_steps=steps, **{**COMMON, **overrides})
         trainer = NegativeTeacherTrainer(load_causal_lm(DEFAULT_MODEL, quantization=nf4_config()), args, rows,
-                                         processing_class=tokenizer, peft_config=lora(), teacher_weights=weights)
+                                         processing_class=tokenizer, peft_config=lora(), teacher_weights=weights,
+                                         chosen_source=chosen)
+        if reference_forward:  # as TRL's own DPOTrainer does
+            trainer.skips_reference = trainer.precompute_ref_logps = False
         start = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - start
@@ -115,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--parts", nargs="+", choices=["online", "memory", "rebuild"],
+    parser.add_argument("--parts", nargs="+", choices=["online", "memory", "rebuild", "recovery"],
                         default=["online", "memory", "rebuild"])
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "runs" / "bench_cost"))
     parser.add_argument("--memory-case", choices=MEMORY_CASES, help=argparse.SUPPRESS)
@@ -133,10 +143,11 @@ def main() -> None:
     header = {"command": " ".join(["python benchmarks/bench_cost.py", *sys.argv[1:]]),
               "date": time.strftime("%Y-%m-%d"), "commit": commit, "model": DEFAULT_MODEL,
               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}"}
+                         f"torch {torch.__version__}", "load_average": os.getloadavg()[0]}
     measures = {"memory": lambda: {"memory_steps": args.memory_steps, "rows": measure_memory(args.memory_steps)},
                 "online": lambda: {"steps": args.steps, "rows": measure_online(args.steps)},
-                "rebuild": lambda: {"rows": measure_rebuild()}}
+                "rebuild": lambda: {"rows": measure_rebuild()},
+                "recovery": lambda: {"steps": args.steps, "rows": measure_recovery(args.steps)}}
     for part in args.parts:
         run = {**header, "part": part, **measures[part]()}
         atomic_write_json(Path(args.output) / f"{part}.json", run)
@@ -223,6 +234,26 @@ def measure_online(steps: int) -> list[dict]:
     for name, overrides in settings.items():
         per_step, share = online_run(tokenizer, weights, overrides.pop("rows"), steps, **overrides)
         results.append({"setting": name, "s_per_step": per_step, "generation_share": share})
+    return results
+
+
+def measure_recovery(steps: int, rounds: int = 2) -> list[dict]:
+    """Seconds per step of `recover.yaml`'s setting and the share spent writing the checkpoint's answers: writing
+    them, then reading them from disk with and without TRL's reference forward, alternating for `rounds` rounds."""
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    weights = checkpoint_weights(DEFAULT_MODEL)
+    rows = [without_reference(row) for row in load_rows("bundled:reverse-train")[: 4 * steps]]
+    recovery = dict(chosen_source="checkpoint", chosen_num_samples=4, loss_type=["sft"])
+    with tempfile.TemporaryDirectory() as answers:
+        def run(setting: str, reference_forward: bool) -> dict:
+            per_step, share = online_run(tokenizer, weights, rows, steps, CachedCheckpointSource(Path(answers)),
+                                         reference_forward, **recovery)
+            return {"setting": setting, "s_per_step": per_step, "generation_share": share}
+
+        results = [run("writing the checkpoint's answers, reference forward run", True)]
+        for _ in range(rounds):
+            results += [run("answers read from disk, reference forward run (as TRL's DPOTrainer)", True),
+                        run("answers read from disk, no reference forward (shipped)", False)]
     return results
 
 

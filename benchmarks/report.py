@@ -231,13 +231,17 @@ def cost(found) -> str:
              "Every mode that generates while training costs several times SFT's time. Online, writing the "
              "negatives takes over a third of the training time on the 2-core CPU when each step generates its own, "
              "and about a quarter when eight steps' negatives share each generate call (`negatives_lookahead: 8`, "
-             "the same pairs), at batch 4 and at gradient accumulation 4 alike; `refresh_every` saves little. The "
+             "the same pairs), at batch 4 and at gradient accumulation 4 alike; `refresh_every` saves little. "
+             "Recovery spends most of a step writing the checkpoint's answers; its `loss_type: [sft]` reads no "
+             "reference, so TRL's reference forward is skipped, which shortens the rest of the step by over a "
+             "quarter. The "
              "packed copy adds a little peak memory, a full-precision copy two to three times as much.", "",
              "Minutes to train (mean over seeds) as recorded in each run file, and the ratio to SFT on the same task "
              "and budget. The runs trained two at a time on the 2-core machine with `OMP_NUM_THREADS=1` each, so read "
              "the ratios, not the minutes. The share of a step spent generating negatives and peak memory come from "
-             "`benchmarks/bench_cost.py`, run alone on the machine, after this table. The teacher's own memory is in "
-             "the next section.", "",
+             "`benchmarks/bench_cost.py`, after this table (the online and recovery parts ran beside the quality "
+             "benchmark's runs, so read their ratios; the load each run started under is stated where recorded). "
+             "The teacher's own memory is in the next section.", "",
              "| task | steps | method | seeds | train min | / SFT |", "|---|---|---|---|---|---|"]
     for (task_dir, steps, method), runs in sorted(found.items()):
         if task_dir not in TASKS or method == UNTRAINED or "train_seconds" not in runs[0]:
@@ -251,15 +255,17 @@ def cost(found) -> str:
                                              if path.exists())])
 
 
-COST_PARTS = ("memory", "online", "rebuild")
+COST_PARTS = ("memory", "online", "rebuild", "recovery")
 """`bench_cost.py`'s run files, `<part>.json`, in the order the cost section shows them."""
 
 
 def cost_table(run: dict) -> str:
     """The markdown table of one `bench_cost.py` run file: peak memory of training, the share of an online step
     spent generating negatives, or the memory of rebuilding the teacher from the policy."""
-    lines = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}; model {run['model']}, "
-             "NF4 policy + LoRA r16, batch 4, max_length 128, teacher int3 blocks 0-14, 32-token negatives", ""]
+    load = f", load average {run['load_average']:.1f} at the start" if "load_average" in run else ""
+    lines = [f"`{run['command']}`: {run['date']}, commit {run['commit']}, {run['machine']}{load}; "
+             f"model {run['model']}, NF4 policy + LoRA r16, batch 4, max_length 128, teacher int3 blocks 0-14, "
+             "32-token negatives", ""]
     if run["part"] == "memory":
         base = next(row["peak_mib"] for row in run["rows"] if row["run"].startswith("trl.DPOTrainer"))
         lines += [f"Resident memory of the training process ({run['memory_steps']} steps, each run in its own process; "
@@ -270,8 +276,10 @@ def cost_table(run: dict) -> str:
             peak = row["peak_mib"]
             lines.append(f"| {row['run']} | {row['setup_mib']:.0f} | {peak:.0f} | {peak / base:.2f}x | "
                          f"{peak - base:+.0f} MiB |")
-    elif run["part"] == "online":
-        lines += [f"Online negatives, {run['steps']} steps each", "",
+    elif run["part"] in ("online", "recovery"):
+        lines += [f"Online negatives, {run['steps']} steps each" if run["part"] == "online" else
+                  f"Recovery (`recover.yaml`'s setting: prompts alone, SFT on the unquantized checkpoint's best-of-4 "
+                  f"answers, no negatives), {run['steps']} steps each", "",
                   "| setting | s/step | share of step time generating |", "|---|---|---|"]
         for row in run["rows"]:
             lines.append(f"| {row['setting']} | {row['s_per_step']:.2f} | {row['generation_share']:.0%} |")

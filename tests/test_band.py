@@ -129,6 +129,8 @@ def test_strength_feedback_follows_the_logged_reward_accuracy_during_training(ti
     assert [e["teacher/strength"] for e in logs[1:]] == pytest.approx([1.0, 0.9, 0.8])  # easy pairs: weaker copy
     with pytest.raises(ConfigError, match="teacher_strength_target needs negatives_mode=online"):
         config(tmp_path, teacher_strength_target=0.5, teacher_follow_every=2)
+    with pytest.raises(ConfigError, match=r"loss_type=\['sft'\] reads no rejected side"):
+        config(tmp_path, teacher_strength_target=0.5, loss_type=["sft"])
 
 
 def test_modes_that_run_the_policy_outside_the_training_step_refuse_sharded_parameters(tiny_chat_model,

@@ -161,3 +161,33 @@ def test_the_terms_read_the_policy_logits_from_trls_forward_instead_of_running_a
     loss.backward()  # one graph: the terms' gradients reach the adapter through TRL's forward
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in trainer.model.named_parameters()
                if "lora_A" in n and "layers.0." in n)
+
+
+def test_a_loss_that_reads_no_reference_skips_the_reference_forward_and_trains_the_same_adapter(
+        tiny_chat_model, smol_tokenizer, tmp_path):
+    from test_trainer import adapter_state, trained
+
+    def run(folder, reference_forward: bool):
+        trainer = NegativeTeacherTrainer(copy.deepcopy(tiny_chat_model), config(folder, loss_type=["sft"], max_steps=2,
+                                                                                learning_rate=1e-2),
+                                         ROWS, processing_class=smol_tokenizer, peft_config=lora())
+        if reference_forward:  # what TRL does on its own
+            trainer.skips_reference = trainer.precompute_ref_logps = False
+        backbone = trainer.model.get_base_model().model
+        trainer.forwards = []
+        hook = backbone.register_forward_hook(lambda *_: trainer.forwards.append(torch.is_grad_enabled()))
+        try:
+            trainer.train()
+        finally:
+            hook.remove()
+        return trainer
+
+    skipping, reference = run(tmp_path / "skipping", False), run(tmp_path / "reference", True)
+    assert skipping.forwards == [True] * 2 and reference.forwards == [True, False] * 2  # the policy's, the reference's
+    a, b = adapter_state(skipping), adapter_state(reference)
+    assert trained(skipping) and a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    skipped_logs, reference_logs = skipping.state.log_history[0], reference.state.log_history[0]
+    assert skipped_logs["loss"] == reference_logs["loss"] and "rewards/accuracies" in reference_logs
+    assert not [name for name in skipped_logs if name.startswith("rewards/")]

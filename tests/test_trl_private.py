@@ -51,3 +51,22 @@ def test_trls_loss_loop_reads_its_loss_types_from_the_trainer(dpo):
         "TRL stopped keeping loss_types / loss_weights on the trainer: update trl_private.keep_trl_loss_types"
     assert "self.loss_types" in inspect.getsource(DPOTrainer._compute_loss)
     assert hasattr(Trainer, "_set_signature_columns_if_needed")  # NegativeTeacherTrainer extends it
+
+
+def test_trls_loss_reads_the_reference_logps_from_the_batch_instead_of_a_reference_forward(dpo):
+    import torch
+
+    batch = dpo._prepare_inputs(next(iter(dpo.get_train_dataloader())))
+    half = batch["input_ids"].shape[0] // 2
+    batch["ref_chosen_logps"] = batch["ref_rejected_logps"] = torch.full((half,), -1.0)
+    forwards = []
+    hook = dpo.model.get_base_model().model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        trl_private.skip_reference_forward(dpo)
+        with torch.no_grad():
+            dpo.compute_loss(dpo.model, batch)
+    finally:
+        dpo.precompute_ref_logps = False
+        hook.remove()
+    assert forwards == [1], "TRL stopped reading DPOTrainer.precompute_ref_logps in _compute_loss: update " \
+                            "trl_private.skip_reference_forward"

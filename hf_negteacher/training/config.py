@@ -13,7 +13,7 @@ from ..teacher.spec import TeacherConfig, TeacherConfigError
 from .chosen_sources import CHOSEN_SOURCES
 from .distillation import CHECKPOINT_KD
 from .filters import NegativeFilter
-from .losses import check_loss_types
+from .losses import check_loss_types, reads_rejected
 from .negative_sources import SOURCES
 
 NEGATIVES_MODES = ("online", "offline")
@@ -224,6 +224,9 @@ class NegativeTeacherConfig(DPOConfig):
             if self.teacher_follow_every or self.negatives_mode == "offline":
                 raise ConfigError("teacher_strength_target needs negatives_mode=online and no teacher_follow_every "
                                   "(a strength below 1 runs the starting weights' layers)")
+            if not reads_rejected(self.loss_type):
+                raise ConfigError(f"teacher_strength_target steers by the reward accuracy of a loss on pairs; "
+                                  f"loss_type={list(self.loss_type)} reads no rejected side")
         if self.teacher_follow_every < 0:
             raise ConfigError(f"teacher_follow_every={self.teacher_follow_every}: expected 0 (off) or a step count")
         if self.teacher_follow_every and self.negatives_mode == "offline":

@@ -35,7 +35,7 @@ from .online import KeepExamples, OnlinePairs, online_rows
 from .policy_logits import ChosenLogits, policy_causal_lm
 from .progress import use_numeric_log_lines
 from .teacher_updates import TeacherUpdates
-from .trl_private import keep_trl_loss_types, step_metrics, trainer_tokenizer
+from .trl_private import keep_trl_loss_types, skip_reference_forward, step_metrics, trainer_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,11 @@ class NegativeTeacherTrainer(KeepsAdapterDtypeOnResume, DPOTrainer):
                               "negatives_mode=offline (online, processes would hold different numbers of pairs)")
         # TRL's loss loop sees its own loss types; the registered terms (losses.py) are added in `compute_loss`.
         self.loss_terms = keep_trl_loss_types(self)
+        # Of TRL's types only `sft` reads no reference log-probs (nor does any registered term): alone, it needs no
+        # reference forward (a recovery step 29% shorter on the CPU: `bench_cost.py --parts recovery`).
+        self.skips_reference = not args.precompute_ref_log_probs and set(self.loss_types) <= {"sft"}
+        if self.skips_reference:
+            skip_reference_forward(self)
         self.chosen_logits = ChosenLogits(policy_causal_lm(self.model)) if self.loss_terms else None
         if not (args.bf16 or args.fp16):
             adapter_in_float32(self.model)
@@ -284,13 +289,21 @@ class NegativeTeacherTrainer(KeepsAdapterDtypeOnResume, DPOTrainer):
             if self.online.uses_negatives or not reads_reference(self.chosen_source):
                 examples = self.online.pairs(examples)
             inputs = self._preference_collator(examples)
-        return super()._prepare_inputs(inputs)
+        inputs = super()._prepare_inputs(inputs)
+        if self.skips_reference:  # read by no loss term
+            inputs["ref_chosen_logps"] = inputs["ref_rejected_logps"] = torch.zeros(
+                inputs["input_ids"].shape[0] // 2, device=inputs["input_ids"].device)
+        return inputs
 
     # Loss terms beside TRL's (losses.py) ---------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.chosen_logits.watching() if self.chosen_logits else contextlib.nullcontext():
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.skips_reference:  # TRL's rewards, against the zeros `_prepare_inputs` gave, mean nothing
+            metrics = step_metrics(self)
+            for name in [name for name in metrics if name.startswith("rewards/")]:
+                del metrics[name]
         accuracies = step_metrics(self).get("rewards/accuracies")
         if self.model.training and accuracies:
             self.teacher_updates.last_reward_accuracy = accuracies[-1]

@@ -36,3 +36,10 @@ def keep_trl_loss_types(trainer) -> list[tuple[LossTerm, float]]:
 
     trainer.loss_types, trainer.loss_weights, terms = split_loss_types(trainer.loss_types, trainer.loss_weights)
     return terms
+
+
+def skip_reference_forward(trainer) -> None:
+    """Make TRL's `_compute_loss` take the reference log-probs from the batch (`ref_chosen_logps`,
+    `ref_rejected_logps`), as with `precompute_ref_log_probs` (`DPOTrainer.precompute_ref_logps`, read from the
+    config in its `__init__`), instead of running the reference forward: the caller puts them in every batch."""
+    trainer.precompute_ref_logps = True
