@@ -145,7 +145,7 @@ class NegativeTeacherTrainer(KeepsAdapterDtypeOnResume, DPOTrainer):
         # TRL's loss loop sees its own loss types; the registered terms (losses.py) are added in `compute_loss`.
         self.loss_terms = keep_trl_loss_types(self)
         # Of TRL's types only `sft` reads no reference log-probs (nor does any registered term): alone, it needs no
-        # reference forward (a recovery step 29% shorter on the CPU: `bench_cost.py --parts recovery`).
+        # reference forward (a recovery step about 27% shorter on the CPU: `bench_cost.py --parts recovery`).
         self.skips_reference = not args.precompute_ref_log_probs and set(self.loss_types) <= {"sft"}
         if self.skips_reference:
             skip_reference_forward(self)
