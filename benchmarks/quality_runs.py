@@ -72,6 +72,10 @@ METHODS = {"sft": "SFT (trl.SFTTrainer, loss on the answer)",
                                 "distribution on its best-of-4 answers (forward KL)"),
            "po_checkpoint_qdpo": ("prompts alone: the unquantized checkpoint's best-of-4 vs the policy's own sample "
                                   "(QDPO)"),
+           "po_checkpoint_kd_qdpo": ("prompts alone: distillation from the unquantized checkpoint's next-token "
+                                     "distribution on its best-of-4 answers, plus DPO against the policy's own sample"),
+           "po_checkpoint_kd_teacher": ("prompts alone: distillation from the unquantized checkpoint's next-token "
+                                        "distribution on its best-of-4 answers, plus DPO against the teacher"),
            "trl_distill": ("prompts alone: trl.DistillationTrainer, on-policy (the NF4 policy's samples), reverse "
                            "KL to the unquantized checkpoint, float32 LoRA weights")}
 """Method key -> label (the label also names its result files: a relabelled method never reuses results).
@@ -98,7 +102,11 @@ METHOD_FIELDS = {"int4": {"teacher": "int4"}, "self_play": {"negative_source": "
                  "po_checkpoint_near": {**PROMPT_ONLY, "chosen_source": "checkpoint", "teacher": "int4"},
                  "po_checkpoint_kd": {**PROMPT_ONLY, "chosen_source": "checkpoint",
                                       "loss_type": ["sft", "checkpoint_kd"], "loss_weights": [0.0, 1.0]},
-                 "po_checkpoint_qdpo": {**PROMPT_ONLY, "chosen_source": "checkpoint", "negative_source": "self"}}
+                 "po_checkpoint_qdpo": {**PROMPT_ONLY, "chosen_source": "checkpoint", "negative_source": "self"},
+                 "po_checkpoint_kd_qdpo": {**PROMPT_ONLY, "chosen_source": "checkpoint", "negative_source": "self",
+                                           "loss_type": ["sigmoid", "checkpoint_kd"], "loss_weights": [1.0, 1.0]},
+                 "po_checkpoint_kd_teacher": {**PROMPT_ONLY, "chosen_source": "checkpoint",
+                                              "loss_type": ["sigmoid", "checkpoint_kd"], "loss_weights": [1.0, 1.0]}}
 """NegativeTeacherConfig fields of each method beside the common ones; `chosen_source` other than the reference
 trains on the rows' prompts alone (their references dropped)."""
 NEGATIVES_AT_CHOSEN_LENGTH = {"po_self_equal"}

@@ -76,7 +76,8 @@ SECTIONS = [
      "distance a little further. Distillation is still improving at 96 and 192 steps (one seed each), so the "
      "arms' comparison at 48 steps sells it short. Validation rows, reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
-      "po_checkpoint_kd", "po_checkpoint_qdpo", "trl_distill"), "po_checkpoint_distill"),
+      "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
+     "po_checkpoint_distill"),
 ]
 """Each question, its one-paragraph answer, the methods that answer it, and the control every other method is set
 against. The answers carry no figures: those are in the tables, regenerated."""
