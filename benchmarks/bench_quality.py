@@ -61,7 +61,7 @@ import torch
 import yaml
 from peft import LoraConfig, PeftModel
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hf_negteacher import NegativeTeacherConfig, NegativeTeacherTrainer, load_causal_lm, load_tokenizer, nf4_config
 from hf_negteacher.atomic_write import atomic_write_json, atomic_write_text
@@ -161,6 +161,13 @@ class TrainingSeconds(TrainerCallback):
                           {"train_seconds": self.total()})
 
 
+def last_whole_checkpoint(work: Path) -> str | None:
+    """The newest checkpoint in `work` that a killed run finished writing (the Trainer writes a checkpoint's files
+    in place; `TrainingSeconds` marks it after them), or None."""
+    whole = [folder for folder in work.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if saved_training_seconds(folder) is not None]
+    return str(max(whole, key=lambda folder: int(folder.name.rsplit("-", 1)[1]))) if whole else None
+
+
 def saving() -> dict:
     """The Trainer fields that keep one checkpoint every `SAVE_EVERY` steps."""
     return dict(save_strategy="steps", save_steps=SAVE_EVERY, save_total_limit=1)
@@ -242,11 +249,11 @@ def train_adapter(method: str, seed: int, work: Path, source: str, nf4: bool, to
                                    chosen_max_new_tokens, answers)
     if method in FLOAT32_ADAPTER:
         adapter_in_float32(trainer.model)
-    resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+    resume = last_whole_checkpoint(work)
     if resume is not None:
         logger.info("resuming the run at %s", resume)
     chosen_source = getattr(trainer, "chosen_source", None)
-    clock = TrainingSeconds((saved_training_seconds(Path(resume)) or 0.0) if resume else 0.0,
+    clock = TrainingSeconds(saved_training_seconds(Path(resume)) if resume else 0.0,
                             lambda: getattr(chosen_source, "seconds_read", 0.0))
     trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=resume)

@@ -37,6 +37,10 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_unbroken_runs_adapter(t
             train(tmp_path / "killed", tiny_base_dir, smol_tokenizer)
     assert bench_quality.saved_training_seconds(tmp_path / "killed") is None
     seconds_at_kill = bench_quality.saved_training_seconds(tmp_path / "killed" / "checkpoint-2")
+    half_written = tmp_path / "killed" / "checkpoint-3"  # killed while the Trainer wrote the next checkpoint
+    half_written.mkdir()
+    (half_written / "adapter_model.safetensors").write_bytes(b"cut off")
+    assert bench_quality.last_whole_checkpoint(tmp_path / "killed") == str(tmp_path / "killed" / "checkpoint-2")
 
     resumed_seconds = train(tmp_path / "killed", tiny_base_dir, smol_tokenizer)
     assert resumed_seconds > seconds_at_kill > 0 and unbroken_seconds > 0
