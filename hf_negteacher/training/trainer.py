@@ -300,16 +300,15 @@ class NegativeTeacherTrainer(KeepsAdapterDtypeOnResume, DPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self.chosen_logits.watching() if self.chosen_logits else contextlib.nullcontext():
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        metrics = step_metrics(self)
         if self.skips_reference:  # TRL's rewards, against the zeros `_prepare_inputs` gave, mean nothing
-            metrics = step_metrics(self)
             for name in [name for name in metrics if name.startswith("rewards/")]:
                 del metrics[name]
-        accuracies = step_metrics(self).get("rewards/accuracies")
+        accuracies = metrics.get("rewards/accuracies")
         if self.model.training and accuracies:
             self.teacher_updates.last_reward_accuracy = accuracies[-1]
         if not self.loss_terms:
             return result
-        metrics = step_metrics(self)
         chosen_logits = functools.cache(self.chosen_logits.of_chosen_half)  # once, whichever terms read it
         extra = 0.0
         for term, weight in self.loss_terms:
