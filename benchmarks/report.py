@@ -159,13 +159,14 @@ def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
     scores = {"checkpoint_kl/builtin": ("checkpoint_kl", 0.0)} if "checkpoint_kl" in untrained[0]["rows"] else {}
     if checkpoint:
         scores["choice_accuracy/builtin"] = ("choice", checkpoint[0]["metrics"]["choice_accuracy/builtin"])
+    versus = "choice_accuracy/builtin" in scores and "choice" in checkpoint[0]["rows"]
     lines = []
     for method in methods:
         cells, scored = [], False
         for key, (group, target) in scores.items():
             runs = [r for r in found.get((task_dir, steps, method), []) if group in r["rows"]]
             if not runs:
-                cells.append("|")
+                cells.append("| |" if versus and group == "choice" else "|")
                 continue
             scored = True
             d = seed_row_bootstrap([{group: rows_of(r)[group]} for r in runs], [{group: rows_of(untrained[0])[group]}],
@@ -176,18 +177,33 @@ def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
             plural = "s" if len(runs) > 1 else ""
             cells.append(f"{d.a:.3f} | {d.difference / gap:.0%} [{low:.0%}, {high:.0%}] "
                          f"({kind}, {len(runs)} seed{plural})")
+            if versus and group == "choice":
+                cells.append(against_checkpoint(runs, checkpoint[0], key))
         if scored:
             lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
     if not lines or not scores:
         return None
     task, split = split_of(task_dir)
     header = "".join(f" {metric_label(key)} | share of the gap closed |" for key in scores)
+    header += " method - checkpoint: does it pass it? |" if versus else ""
+    paired = ("; the last column compares each method with the checkpoint on the same items, paired, so the "
+              "checkpoint's own noise is in its interval") if versus else ""
     targets = "; ".join(f"{metric_label(key)}: untrained NF4 {untrained[0]['metrics'][key]:.3f}, checkpoint "
                         f"{target:.3f}" for key, (_, target) in scores.items())
     return (f"Recovery: the share of the untrained NF4 model's gap to the unquantized checkpoint each method closes, "
             f"{task}, {steps} steps, {split} split ({targets}; token KL from the checkpoint on the reference answers; "
-            "95% interval, the checkpoint's own score taken as fixed)\n\n"
-            f"| method |{header}\n|---|" + "---|---|" * len(scores) + "\n" + "\n".join(lines))
+            f"95% interval, the checkpoint's own score taken as fixed{paired})\n\n"
+            f"| method |{header}\n|---|" + "---|---|" * len(scores) + "---|" * versus + "\n" + "\n".join(lines))
+
+
+def against_checkpoint(runs: list[dict], checkpoint: dict, key: str) -> str:
+    """Multiple choice, the method minus the unquantized checkpoint on the same items (paired, the checkpoint's
+    own row noise in the interval), and whether the method passes the checkpoint: the original idea's
+    "bootstrap the better model"."""
+    d = seed_row_bootstrap([{"choice": rows_of(r)["choice"]} for r in runs],
+                           [{"choice": rows_of(checkpoint)["choice"]}], min_seeds=MIN_SEEDS)[key]
+    verdict = "passes it" if d.low > 0 else "falls short" if d.high < 0 else "no measurable difference"
+    return f"{d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}]: {verdict}"
 
 
 def sections(found) -> list[str]:

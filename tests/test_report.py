@@ -55,3 +55,30 @@ def test_every_sealed_run_was_chosen_in_a_committed_file_before_it_was_scored():
         assert method == "untrained" or any(
             c["task"] == task and c["steps"] == int(match["steps"]) and method in c["methods"]
             and int(match["seed"]) in c["seeds"] for c in chosen), path.name
+
+
+
+def choice_run(correct: list[int]) -> dict:
+    """A run file's record holding only multiple-choice rows (what `gap_closed` reads)."""
+    return {"seed": 0, "metrics": {"choice_accuracy/builtin": sum(correct) / len(correct)},
+            "rows": {"choice": {"choice_correct": correct, "choice_correct_ended": correct}}}
+
+
+def test_the_recovery_table_says_whether_a_method_passes_the_checkpoint_on_the_same_items():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import CHECKPOINT, UNTRAINED, gap_closed
+
+    split = "reverse-validation-500"
+    found = {(split, 0, UNTRAINED): [choice_run([1] * 40 + [0] * 160)],      # 0.20
+             (split, 0, CHECKPOINT): [choice_run([1] * 100 + [0] * 100)],    # 0.50
+             (split, 9, "po_checkpoint_kd"): [choice_run([1] * 180 + [0] * 20)],  # the checkpoint's items and 80 more
+             (split, 9, "po_checkpoint_distill"): [choice_run([1] * 100 + [0] * 100)],  # the checkpoint's items
+             (split, 9, "po_checkpoint_qdpo"): [choice_run([1] * 60 + [0] * 140)]}
+    text = gap_closed(found, split, 9, ["po_checkpoint_kd", "po_checkpoint_distill", "po_checkpoint_qdpo"])
+    header, rule, *rows = (line for line in text.splitlines() if line.startswith("|"))
+    assert header.endswith("| method - checkpoint: does it pass it? |")
+    assert all(line.count("|") == header.count("|") for line in [rule, *rows])
+    kd, distill, qdpo = rows
+    assert "| 0.900 | 233% [" in kd and "| +0.400 [" in kd and kd.endswith(": passes it |")
+    assert distill.endswith("| +0.000 [+0.000, +0.000]: no measurable difference |")
+    assert "| -0.200 [" in qdpo and qdpo.endswith(": falls short |")
