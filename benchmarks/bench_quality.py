@@ -38,7 +38,8 @@ scores it: scoring a setting on the other split reuses its adapter; beside them,
 which the recovery runs of one task and seed share (`checkpoint_answers.py`). The tables are written to `quality.md`
 under `--output` and printed; `report.py` reprints them from the run files without a model. `--validation N`
 scores the training split's last N rows instead (never trained on). `--train_only` trains the adapters and scores
-nothing; `--backfill` adds content-seeing rows to run files that predate them.
+nothing; `--untrained_only` scores the untrained model alone (with `--fp32`: the unquantized checkpoint,
+recovery's ceiling); `--backfill` adds content-seeing rows to run files that predate them.
 """
 
 from __future__ import annotations
@@ -493,6 +494,9 @@ def main() -> None:
                         help="add rows to finished run files that predate them: content-seeing (first word, "
                              "anywhere, round trip) from their saved answers, the token KL from the checkpoint "
                              "where the run's adapter is kept; trains nothing")
+    parser.add_argument("--untrained_only", action="store_true",
+                        help="score the untrained model alone (with --fp32: the unquantized checkpoint) and train "
+                             "nothing")
     parser.add_argument("--train_only", action="store_true",
                         help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
@@ -500,6 +504,8 @@ def main() -> None:
     args = parser.parse_args()
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
+    if args.untrained_only:
+        args.methods = []
     args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
     if missing := set(args.against) - set(args.methods):
         parser.error(f"--against {' '.join(sorted(missing))}: expected methods named in --methods "
