@@ -207,8 +207,9 @@ def report(results: dict[str, list[dict]], task: Task, title: str, scored: str =
         ratio = (f"{minutes * 60 / np.mean([r['train_seconds'] for r in sft]):.2f}x" if sft and minutes else "")
         lines.append(f"| {method} | {len(runs)} | {'' if minutes is None else f'{minutes:.1f}'} | {ratio} | "
                      + " | ".join(cells) + " |")
-    lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
     trained = {m: r for m, r in results.items() if m != UNTRAINED}
+    if trained:  # `--untrained_only` scores the untrained model alone
+        lines += ["", *difference_table("method - untrained", results, UNTRAINED, shown, scored)]
     if sft and len(trained) > 1:
         lines += ["", *difference_table("method - SFT", trained, METHODS["sft"], shown, scored)]
     variants = {m: r for m, r in results.items() if m not in (UNTRAINED, METHODS["sft"])}
