@@ -82,3 +82,12 @@ def test_the_recovery_table_says_whether_a_method_passes_the_checkpoint_on_the_s
     assert "| 0.900 | 233% [" in kd and "| +0.400 [" in kd and kd.endswith(": passes it |")
     assert distill.endswith("| +0.000 [+0.000, +0.000]: no measurable difference |")
     assert "| -0.200 [" in qdpo and qdpo.endswith(": falls short |")
+
+
+def test_a_table_of_the_untrained_model_alone_has_its_scores_and_no_difference_table():
+    """`bench_quality.py --untrained_only` (the checkpoint, scored as recovery's ceiling on a split)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality_runs import TASKS, UNTRAINED, report
+
+    text = report({UNTRAINED: [choice_run([1] * 3 + [0]) | {"seed": None}]}, TASKS["reverse"], "alone")
+    assert "| untrained | 1 |  |  | 0.75 |" in text and "method - untrained" not in text
