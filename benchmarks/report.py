@@ -77,7 +77,7 @@ SECTIONS = [
      "steps sells it short. At 192 steps SFT on the checkpoint's answers nears the checkpoint's multiple choice while "
      "moving further from its distribution and making the reference words' perplexity worse; distillation keeps "
      "closing the distance and improving the perplexity, with a multiple choice no measurably different from SFT's "
-     "(one and two seeds). QDPO at 192 steps (one seed) reaches the checkpoint's multiple choice, no measurable "
+     "(one and two seeds). QDPO at 192 steps (two seeds) reaches the checkpoint's multiple choice, no measurable "
      "difference from it either way, with the token distance where the untrained model had it. No arm at 192 steps "
      "passes the checkpoint. Validation rows, reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
