@@ -77,9 +77,10 @@ SECTIONS = [
      "steps sells it short. At 192 steps SFT on the checkpoint's answers nears the checkpoint's multiple choice while "
      "moving further from its distribution and making the reference words' perplexity worse; distillation keeps "
      "closing the distance and improving the perplexity, with a multiple choice no measurably different from SFT's "
-     "(one and two seeds). QDPO at 192 steps (two seeds) reaches the checkpoint's multiple choice, no measurable "
-     "difference from it either way, with the token distance where the untrained model had it. No arm at 192 steps "
-     "passes the checkpoint. Validation rows, reverse only: a reading, not yet a verdict.",
+     "(one and two seeds). At 192 steps every arm reaches the checkpoint's multiple choice within the noise and none "
+     "measurably passes it: QDPO keeps the token distance where the untrained model had it; the crippled copy as "
+     "rejected (one seed) scores highest and moves furthest from the checkpoint's distribution. Validation rows, "
+     "reverse only: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
      "po_checkpoint_distill"),
