@@ -74,13 +74,11 @@ SECTIONS = [
      "its multiple choice is no measurably different from the untrained model's. QDPO (the policy's own sample as "
      "rejected) lifts multiple choice as much as SFT on the same answers, no measurable difference, and moves the "
      "distance a little further. Distillation is still improving at 96 and 192 steps, so the arms' comparison at 48 "
-     "steps sells it short. At 192 steps SFT on the checkpoint's answers nears the checkpoint's multiple choice while "
-     "moving further from its distribution and making the reference words' perplexity worse; distillation keeps "
-     "closing the distance and improving the perplexity, with a multiple choice no measurably different from SFT's "
-     "(one and two seeds). At 192 steps every arm reaches the checkpoint's multiple choice within the noise and none "
-     "measurably passes it: QDPO keeps the token distance where the untrained model had it; the crippled copy as "
-     "rejected (one seed) scores highest and moves furthest from the checkpoint's distribution. Validation rows, "
-     "reverse only: a reading, not yet a verdict.",
+     "steps sells it short. At 192 steps every arm reaches the checkpoint's multiple choice within the noise and none "
+     "measurably passes it; they differ in the distribution: distillation keeps closing the distance and improving "
+     "the reference perplexity, QDPO holds the distance where the untrained model had it, SFT on the answers moves "
+     "away from it, and the crippled copy as rejected (one seed) scores highest and moves furthest. Validation rows, "
+     "reverse only, two seeds or one: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
      "po_checkpoint_distill"),

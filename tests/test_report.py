@@ -57,7 +57,6 @@ def test_every_sealed_run_was_chosen_in_a_committed_file_before_it_was_scored():
             and int(match["seed"]) in c["seeds"] for c in chosen), path.name
 
 
-
 def choice_run(correct: list[int]) -> dict:
     """A run file's record holding only multiple-choice rows (what `gap_closed` reads)."""
     return {"seed": 0, "metrics": {"choice_accuracy/builtin": sum(correct) / len(correct)},
