@@ -503,9 +503,7 @@ def main() -> None:
     parser.add_argument("--adapters", default="runs/bench_quality/adapters", help="trained adapters (not committed)")
     args = parser.parse_args()
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
-    args.methods = args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
-    if args.untrained_only:
-        args.methods = []
+    args.methods = [] if args.untrained_only else args.methods or (list(METHODS) if args.full else ["sft", "teacher"])
     args.seeds = args.seeds or ([0, 1, 2] if args.full else [0])
     if missing := set(args.against) - set(args.methods):
         parser.error(f"--against {' '.join(sorted(missing))}: expected methods named in --methods "
