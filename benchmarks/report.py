@@ -199,6 +199,31 @@ def gap_closed(found, task_dir: str, steps: int, methods) -> str | None:
             f"| method |{header}\n|---|" + "---|---|" * len(scores) + "---|" * versus + "\n" + "\n".join(lines))
 
 
+def budget(found, task_dir: str, methods) -> str | None:
+    """Each method's mean multiple choice and token KL from the checkpoint at every training budget it ran on the
+    training split's last 500 rows, where the recovery budget is chosen: where the strongest baseline stops
+    improving is the budget every arm runs at. None on other splits or under two budgets."""
+    steps = sorted({s for d, s, m in found if d == task_dir and m in methods and s})
+    if not task_dir.endswith("-validation-500") or len(steps) < 2:
+        return None
+    lines = []
+    for method in methods:
+        cells = []
+        for step in steps:
+            runs = found.get((task_dir, step, method), [])
+            choice = [r["metrics"]["choice_accuracy/builtin"] for r in runs]
+            kl = [r["metrics"]["checkpoint_kl/builtin"] for r in runs if "checkpoint_kl/builtin" in r["metrics"]]
+            cells.append((f"{sum(choice) / len(choice):.3f} ({len(choice)}) / "
+                          + (f"{sum(kl) / len(kl):.3f} ({len(kl)})" if kl else "-")) if choice else "")
+        if any(cells):
+            lines.append(f"| {METHODS[method]} | " + " | ".join(cells) + " |")
+    task, split = split_of(task_dir)
+    return (f"Training budget: each method's mean {metric_label('choice_accuracy/builtin')} / mean "
+            f"{metric_label('checkpoint_kl/builtin')} (seeds in brackets; -: not scored), {task}, {split} split\n\n"
+            "| method |" + "".join(f" {step} steps |" for step in steps) + "\n|---|" + "---|" * len(steps) + "\n"
+            + "\n".join(lines))
+
+
 def against_checkpoint(runs: list[dict], checkpoint: dict, key: str) -> str:
     """Multiple choice, the method minus the unquantized checkpoint on the same items (paired, the checkpoint's
     own row noise in the interval), and whether the method passes the checkpoint: the original idea's
@@ -214,7 +239,8 @@ def sections(found) -> list[str]:
     for question, answer, methods, against in SECTIONS:
         groups = sorted({(d, s) for d, s, m in found if m in methods and s},
                         key=lambda g: (not g[0].endswith("-test"), g))  # the sealed split's tables first
-        tables = [t for task_dir, steps in groups for t in (
+        budgets = [budget(found, d, methods) for d in sorted({d for d, _ in groups})] if question == RECOVERY else []
+        tables = [t for t in budgets if t] + [t for task_dir, steps in groups for t in (
             table(found, task_dir, steps, methods, against),
             gap_closed(found, task_dir, steps, methods) if question == RECOVERY else None) if t]
         out.append(f"## {question}\n\n{answer}\n\n" + "\n\n".join(tables))

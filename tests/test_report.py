@@ -90,3 +90,23 @@ def test_a_table_of_the_untrained_model_alone_has_its_scores_and_no_difference_t
 
     text = report({UNTRAINED: [choice_run([1] * 3 + [0]) | {"seed": None}]}, TASKS["reverse"], "alone")
     assert "| untrained | 1 |  |  | 0.75 |" in text and "method - untrained" not in text
+
+
+def test_the_budget_table_averages_each_method_over_its_seeds_at_every_budget_it_ran():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import budget
+
+    def run(choice: float, kl: float | None = None) -> dict:
+        return {"metrics": {"choice_accuracy/builtin": choice} | ({"checkpoint_kl/builtin": kl} if kl else {})}
+
+    split = "reverse-validation-500"
+    found = {(split, 48, "po_checkpoint_distill"): [run(0.5, 0.9), run(0.7)],
+             (split, 192, "po_checkpoint_distill"): [run(0.6, 0.4), run(0.8, 0.6)],
+             (split, 192, "po_checkpoint_kd"): [run(0.55, 0.2)]}
+    text = budget(found, split, ["po_checkpoint_distill", "po_checkpoint_kd", "po_checkpoint_qdpo"])
+    header, rule, distill, kd = (line for line in text.splitlines() if line.startswith("|"))
+    assert header == "| method | 48 steps | 192 steps |"
+    assert distill.endswith("| 0.600 (2) / 0.900 (1) | 0.700 (2) / 0.500 (2) |")
+    assert kd.endswith("|  | 0.550 (1) / 0.200 (1) |")  # no run at 48 steps: an empty cell; qdpo: no row
+    sealed = {("reverse-test", steps, method): runs for (_, steps, method), runs in found.items()}
+    assert budget(sealed, "reverse-test", ["po_checkpoint_distill"]) is None  # never chosen on the sealed split
