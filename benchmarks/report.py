@@ -203,8 +203,10 @@ def budget(found, task_dir: str, methods) -> str | None:
     """Each method's mean multiple choice and token KL from the checkpoint at every training budget it ran on the
     training split's last 500 rows, where the recovery budget is chosen: where the strongest baseline stops
     improving is the budget every arm runs at. None on other splits or under two budgets."""
+    if not task_dir.endswith("-validation-500"):
+        return None
     steps = sorted({s for d, s, m in found if d == task_dir and m in methods and s})
-    if not task_dir.endswith("-validation-500") or len(steps) < 2:
+    if len(steps) < 2:
         return None
     lines = []
     for method in methods:
