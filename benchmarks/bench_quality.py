@@ -34,12 +34,14 @@ greedy answers are saved under `--output` (default `benchmarks/runs/bench_qualit
 and other machines add seeds to the same pool instead of training it again) and reused when the script runs
 again (an interrupted benchmark resumes); the trained adapters go to `--adapters` (default
 `runs/bench_quality/adapters`, not committed), one per method, steps, seed and precision whichever split
-scores it: scoring a setting on the other split reuses its adapter; beside them, the checkpoint's chosen answers,
-which the recovery runs of one task and seed share (`checkpoint_answers.py`). The tables are written to `quality.md`
-under `--output` and printed; `report.py` reprints them from the run files without a model. `--validation N`
-scores the training split's last N rows instead (never trained on). `--train_only` trains the adapters and scores
-nothing; `--untrained_only` scores the untrained model alone (with `--fp32`: the unquantized checkpoint,
-recovery's ceiling); `--backfill` adds content-seeing rows to run files that predate them.
+scores it: scoring a setting on the other split reuses its adapter. The checkpoint's chosen answers, which the
+recovery runs of one task and seed share (`checkpoint_answers.py`), go to `--answers` (default
+`benchmarks/runs/bench_quality/checkpoint_answers`, committed: writing them is most of a recovery run's time on the
+CPU, so a series that spans machines writes them once, and each run's training answers can be read). The tables
+are written to `quality.md` under `--output` and printed; `report.py` reprints them from the run files without a
+model. `--validation N` scores the training split's last N rows instead (never trained on). `--train_only` trains
+the adapters and scores nothing; `--untrained_only` scores the untrained model alone (with `--fp32`: the
+unquantized checkpoint, recovery's ceiling); `--backfill` adds content-seeing rows to run files that predate them.
 """
 
 from __future__ import annotations
@@ -348,9 +350,10 @@ def split_kind(args) -> str:
     return "sealed test" if args.final else "validation"
 
 
-def answers_dir(args) -> Path:
-    """Where the checkpoint's chosen answers are kept for every recovery run (`checkpoint_answers`)."""
-    return Path(args.adapters) / "checkpoint_answers"
+def answers_dir(args, model_key: str, task_key: str) -> Path:
+    """Where the checkpoint's chosen answers are kept for the recovery runs of one model and task
+    (`checkpoint_answers`)."""
+    return Path(args.answers) / model_key / task_key
 
 
 def adapter_dir(args, model_key: str, task_key: str, method: str, seed: int, nf4: bool) -> Path:
@@ -369,7 +372,7 @@ def train_only(model_key: str, task_key: str, args) -> None:
         for seed in args.seeds:
             train_adapter(method, seed, adapter_dir(args, model_key, task_key, method, seed, not args.fp32), source,
                           not args.fp32, tokenizer, train_rows, args.steps, teacher_spec, weights,
-                          task.chosen_max_new_tokens, answers_dir(args))
+                          task.chosen_max_new_tokens, answers_dir(args, model_key, task_key))
 
 
 def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, set[str], float]:
@@ -435,7 +438,8 @@ def benchmark(model_key: str, task_key: str, args, output: Path) -> tuple[str, s
             if not result_file.is_file():
                 work = adapter_dir(args, model_key, task_key, method, seed, nf4)
                 seconds = train_adapter(method, seed, work, source, nf4, tokenizer, train_rows, args.steps,
-                                        teacher_spec, weights, task.chosen_max_new_tokens, answers_dir(args))
+                                        teacher_spec, weights, task.chosen_max_new_tokens,
+                                        answers_dir(args, model_key, task_key))
                 model = trained_for_scoring(source, nf4, work)
                 atomic_write_json(result_file, {**score(model, tokenizer, data, quality, negatives, checkpoint),
                                                 "train_seconds": seconds, **sealed})
@@ -501,6 +505,8 @@ def main() -> None:
                         help="train the requested runs' adapters (kept under --adapters) and score nothing")
     parser.add_argument("--output", default=str(RUNS), help="finished runs' scores (committed) and quality.md")
     parser.add_argument("--adapters", default="runs/bench_quality/adapters", help="trained adapters (not committed)")
+    parser.add_argument("--answers", default=str(RUNS / "checkpoint_answers"),
+                        help="the checkpoint's chosen answers for the recovery runs (committed)")
     args = parser.parse_args()
     args.models = args.models or (list(MODELS) if args.full else ["smollm2"])
     args.methods = [] if args.untrained_only else args.methods or (list(METHODS) if args.full else ["sft", "teacher"])

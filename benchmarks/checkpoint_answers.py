@@ -5,7 +5,7 @@ the CPU that is most of a step. The answers depend on the checkpoint, the prompt
 settings only, never on the policy, so the arms of one task and seed ask exactly the same questions: the first
 run writes each answer, the others read it back, and every run trains on the answers it would have generated.
 A run that reads answers is credited the seconds their writer spent on them (`seconds_read`), so training times
-stay what each run alone would take.
+stay what each run alone would take. The files are compact JSON: the quality benchmark commits them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from hf_negteacher.atomic_write import atomic_write_json
+from hf_negteacher.atomic_write import atomic_write_text
 from hf_negteacher.models import model_identity
 from hf_negteacher.training.chosen_sources import CheckpointSource
 
@@ -42,5 +42,6 @@ class CachedCheckpointSource(CheckpointSource):
             return [(list(ids), bool(complete)) for ids, complete in stored["answers"]]
         start = time.perf_counter()
         picked = super().picked_answers(model, context, request)
-        atomic_write_json(path, {"seconds": time.perf_counter() - start, "answers": picked})
+        stored = {"seconds": time.perf_counter() - start, "answers": picked}
+        atomic_write_text(path, json.dumps(stored, separators=(",", ":")) + "\n")
         return picked
