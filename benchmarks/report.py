@@ -348,28 +348,62 @@ def cost_table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def validated_on(choice: dict) -> str:
+    """The task folder whose runs chose a sealed setting: `validated_on` where the entry names one."""
+    return choice.get("validated_on", choice["task"])
+
+
+def control_of(found, choice: dict, lead: str) -> str | None:
+    """A sealed setting's control: `against` as named or, where it lists several baselines, the strongest of them,
+    the highest mean `lead` over the setting's seeds on its validation rows; None until each has every seed."""
+    if isinstance(choice["against"], str):
+        return choice["against"]
+    means = {}
+    for baseline in choice["against"]:
+        runs = [r for r in found.get((validated_on(choice), choice["steps"], baseline), [])
+                if r["seed"] in choice["seeds"]]
+        if len(runs) < len(choice["seeds"]):
+            return None
+        means[baseline] = sum(r["metrics"][lead] for r in runs) / len(runs)
+    return max(means, key=means.get)
+
+
+def effect(d) -> str:
+    """A difference's verdict in the README's words: the interval above zero, below it, or holding it."""
+    return f"helps by {d.difference:+.3f}" if d.low > 0 else "hurts" if d.high < 0 else "no measurable difference"
+
+
 def verdicts(found, choices: dict) -> str:
-    """The README's table: each setting `sealed_choices.yaml` named, its difference on the validation rows and,
-    once scored, on the sealed test split (two-level intervals where there are three seeds)."""
+    """The README's table: each setting `sealed_choices.yaml` named, each method's difference from its control on
+    the validation rows and, once scored, on the sealed test split (two-level intervals where there are three
+    seeds)."""
+    lead = choices["lead_metric"]
     lines = ["| question | setting | validation | sealed test |", "|---|---|---|---|"]
     for choice in choices["settings"]:
-        control = choice["against"]
-        method = next(m for m in choice["methods"] if m != control)
-        cells = []
-        for task_dir in (choice["task"], f"{choice['task']}-test"):
-            a, b = found.get((task_dir, choice["steps"], method)), found.get((task_dir, choice["steps"], control))
-            if not a or not b:
-                cells.append("not scored yet")
-                continue
-            a, b = paired_runs(a, b)
-            diff = seed_row_bootstrap([rows_of(r) for r in a], [rows_of(r) for r in b], min_seeds=MIN_SEEDS)
-            d = diff[choices["lead_metric"]]
-            kind = "seeds and rows" if d.over_seeds else "rows only"
-            cells.append(f"{d.a:.3f} vs {d.b:.3f}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
-                         f"({kind}, {len(a)} seeds)")
-        lines.append(f"| {choice['question']} | `{method}` - `{control}`, {choice['task']}, {choice['steps']} steps "
-                     f"| {cells[0]} | {cells[1]} |")
-    return (f"Verdicts: {metric_label(choices['lead_metric'])} (500 items, given a definition which of 5 words), "
+        control = control_of(found, choice, lead)
+        if control is None:
+            named = ", ".join(f"`{m}`" for m in choice["against"])
+            lines.append(f"| {choice['question']} | every arm minus the strongest of {named} on validation, "
+                         f"{choice['task']}, {choice['steps']} steps | not decided until each has seeds "
+                         f"{', '.join(map(str, choice['seeds']))} | not scored yet |")
+            continue
+        for i, method in enumerate(m for m in choice["methods"] if m != control):
+            cells = []
+            for task_dir in (validated_on(choice), f"{choice['task']}-test"):
+                a, b = found.get((task_dir, choice["steps"], method)), found.get((task_dir, choice["steps"], control))
+                if not a or not b:
+                    cells.append("not scored yet")
+                    continue
+                a, b = paired_runs(a, b)
+                diff = seed_row_bootstrap([rows_of(r) for r in a], [rows_of(r) for r in b], min_seeds=MIN_SEEDS)
+                d = diff[lead]
+                kind = "seeds and rows" if d.over_seeds else "rows only"
+                cells.append(f"{d.a:.3f} vs {d.b:.3f}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
+                             f"({kind}, {len(a)} seeds): {effect(d)}")
+            question = choice["question"] if i == 0 else ""
+            lines.append(f"| {question} | `{method}` - `{control}`, {choice['task']}, {choice['steps']} steps "
+                         f"| {cells[0]} | {cells[1]} |")
+    return (f"Verdicts: {metric_label(lead)} (500 items, given a definition which of 5 words), "
             "each setting minus its control, 95% interval\n\n" + "\n".join(lines))
 
 

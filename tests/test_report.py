@@ -110,3 +110,28 @@ def test_the_budget_table_averages_each_method_over_its_seeds_at_every_budget_it
     assert kd.endswith("|  | 0.550 (1) / 0.200 (1) |")  # no run at 48 steps: an empty cell; qdpo: no row
     sealed = {("reverse-test", steps, method): runs for (_, steps, method), runs in found.items()}
     assert budget(sealed, "reverse-test", ["po_checkpoint_distill"]) is None  # never chosen on the sealed split
+
+
+def test_a_verdict_against_several_baselines_sets_every_arm_against_the_strongest_on_validation():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import verdicts
+
+    def runs(correct: int, seeds=(0, 1)) -> list[dict]:
+        return [choice_run([1] * correct + [0] * (200 - correct)) | {"seed": seed} for seed in seeds]
+
+    choice = {"question": "which arms?", "task": "reverse", "validated_on": "reverse-validation-500", "steps": 9,
+              "seeds": [0, 1], "methods": ["sft", "kd", "copy"], "against": ["sft", "kd"]}
+    choices = {"lead_metric": "choice_accuracy/builtin", "settings": [choice]}
+    found = {("reverse-validation-500", 9, "sft"): runs(100), ("reverse-validation-500", 9, "kd"): runs(120, (0,)),
+             ("reverse-validation-500", 9, "copy"): runs(160), ("reverse-test", 9, "sft"): runs(100),
+             ("reverse-test", 9, "kd"): runs(120), ("reverse-test", 9, "copy"): runs(60)}
+    undecided = verdicts(found, choices).splitlines()[-1]
+    assert "not decided until each has seeds 0, 1" in undecided  # kd has seed 0 alone: no control yet
+
+    found[("reverse-validation-500", 9, "kd")] = runs(120)
+    sft, copy = verdicts(found, choices).splitlines()[-2:]
+    assert sft.startswith("| which arms? | `sft` - `kd`, reverse, 9 steps | 0.500 vs 0.600: -0.100 [")
+    assert sft.endswith("(rows only, 2 seeds): hurts |") and sft.count(": -0.100 [") == 2  # validation and sealed
+    assert copy.startswith("|  | `copy` - `kd`") and "| 0.800 vs 0.600: +0.200 [" in copy
+    assert "(rows only, 2 seeds): helps by +0.200 |" in copy
+    assert copy.endswith("(rows only, 2 seeds): hurts |") and "| 0.300 vs 0.600: -0.300 [" in copy
