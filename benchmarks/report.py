@@ -76,11 +76,11 @@ SECTIONS = [
      "distance a little further. Distillation is still improving at 96 and 192 steps, so the arms' comparison at 48 "
      "steps sells it short. At 192 steps every arm reaches the checkpoint's multiple choice within the noise and none "
      "measurably passes it; they differ in the distribution: distillation keeps closing the distance and improving "
-     "the reference perplexity, QDPO holds the distance where the untrained model had it, SFT on the answers moves "
-     "away from it, and the crippled copy as rejected scores highest and moves furthest; a near-miss copy (int4) does "
-     "the same, further still. The copy's lead over SFT on the same answers is small, both seeds alike: the "
-     "48-step direction again, which did not hold on the sealed split. Validation rows, reverse only, two seeds of "
-     "most arms: a reading, not yet a verdict.",
+     "the reference perplexity (TRL's own DistillationTrainer, on-policy, lands in the same place), QDPO holds the "
+     "distance where the untrained model had it, SFT on the answers moves away from it, and the crippled copy as "
+     "rejected scores highest and moves furthest; a near-miss copy (int4) does the same, further still. The copy's "
+     "lead over SFT on the same answers is small, both seeds alike: the 48-step direction again, which did not hold "
+     "on the sealed split. Validation rows, reverse only, two seeds of most arms: a reading, not yet a verdict.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
      "po_checkpoint_distill"),
