@@ -399,8 +399,11 @@ def verdicts(found, choices: dict) -> str:
                 diff = seed_row_bootstrap([rows_of(r) for r in a], [rows_of(r) for r in b], min_seeds=MIN_SEEDS)
                 d = diff[lead]
                 kind = "seeds and rows" if d.over_seeds else "rows only"
+                complete = {r["seed"] for r in a} >= set(choice["seeds"])
+                seeds = f"{len(a)} seeds" if complete else f"{len(a)} of {len(choice['seeds'])} seeds"
+                verdict = effect(d) if complete else "no verdict until every seed is scored"
                 cells.append(f"{d.a:.3f} vs {d.b:.3f}: {d.difference:+.3f} [{d.low:+.3f}, {d.high:+.3f}] "
-                             f"({kind}, {len(a)} seeds): {effect(d)}")
+                             f"({kind}, {seeds}): {verdict}")
             question = choice["question"] if i == 0 else ""
             lines.append(f"| {question} | `{method}` - `{control}`, {choice['task']}, {choice['steps']} steps "
                          f"| {cells[0]} | {cells[1]} |")

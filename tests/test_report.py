@@ -135,3 +135,7 @@ def test_a_verdict_against_several_baselines_sets_every_arm_against_the_stronges
     assert copy.startswith("|  | `copy` - `kd`") and "| 0.800 vs 0.600: +0.200 [" in copy
     assert "(rows only, 2 seeds): helps by +0.200 |" in copy
     assert copy.endswith("(rows only, 2 seeds): hurts |") and "| 0.300 vs 0.600: -0.300 [" in copy
+
+    found[("reverse-test", 9, "copy")] = runs(60, (1,))  # one chosen seed scored on the sealed split: no verdict yet
+    assert verdicts(found, choices).splitlines()[-1].endswith("(rows only, 1 of 2 seeds): no verdict until every "
+                                                              "seed is scored |")
