@@ -80,8 +80,8 @@ SECTIONS = [
      "distance where the untrained model had it, SFT on the answers moves away from it, and the crippled copy as "
      "rejected scores highest and moves furthest; a near-miss copy (int4) does the same, further still. The copy's "
      "lead over SFT on the same answers is small, every seed alike: the 48-step direction again, which did not hold "
-     "on the sealed split. Validation rows, reverse only, three seeds of some arms: a reading; the verdicts set "
-     "each arm against the strongest baseline on the sealed split.",
+     "on the sealed split. Validation rows, reverse only: a reading; the verdicts set each arm against the strongest "
+     "baseline and give their word on the sealed split.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
      "po_checkpoint_distill"),
