@@ -79,9 +79,9 @@ SECTIONS = [
      "the reference perplexity (TRL's own DistillationTrainer, on-policy, lands in the same place), QDPO holds the "
      "distance where the untrained model had it, SFT on the answers moves away from it, and the crippled copy as "
      "rejected scores highest and moves furthest; a near-miss copy (int4) does the same, further still. The copy's "
-     "lead over SFT on the same answers is small, every seed alike: the 48-step direction again, which did not hold "
-     "on the sealed split. Validation rows, reverse only: a reading; the verdicts set each arm against the strongest "
-     "baseline and give their word on the sealed split.",
+     "lead over SFT on the same answers is small, every seed alike. Against the strongest baseline, QDPO, the copy is "
+     "ahead by the same small margin on validation and on the sealed split, and on both the interval includes zero: "
+     "the crippled copy does not measurably earn its place in recovery. Reverse only; definitions is still to run.",
      ("po_checkpoint_distill", "po_checkpoint", "po_checkpoint_near", "po_checkpoint_delta", "po_checkpoint_band",
       "po_checkpoint_kd", "po_checkpoint_qdpo", "po_checkpoint_kd_qdpo", "po_checkpoint_kd_teacher", "trl_distill"),
      "po_checkpoint_distill"),
